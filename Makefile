@@ -1,0 +1,35 @@
+# kcolor: `make demo` (set up and colorize the bundled examples), `make test` (set up and run the tests).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip --disable-pip-version-check -q
+
+.PHONY: demo test lint install install-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/kcolor prep examples/photos work/demo-shards --workers 2
+	@echo "Shards written to work/demo-shards"
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check kcolor tests benchmarks tools
+	$(BIN)/ruff format --check kcolor tests benchmarks tools
+
+clean:
+	rm -rf $(VENV) work colorized build *.egg-info

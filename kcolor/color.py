@@ -1,0 +1,353 @@
+"""Color science: sRGB <-> CIE Lab, ab bin tables, class rebalancing, decoding.
+
+Every color constant of kcolor is defined here, once, with its source.
+
+    >>> from kcolor import color
+    >>> lab = color.rgb_to_lab(rgb)            # (..., 3) float32 sRGB in [0, 1]
+    >>> table = color.get_bin_table("zhang313")
+    >>> bins = table.quantize(lab[..., 1:])    # (...,) int32 nearest-centre index
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from importlib import resources
+
+import numpy as np
+
+# --- Constants -------------------------------------------------------------
+
+# sRGB primaries to CIE XYZ, D65 (IEC 61966-2-1); the matrix skimage.color uses.
+XYZ_FROM_RGB = np.array(
+    [
+        [0.412453, 0.357580, 0.180423],
+        [0.212671, 0.715160, 0.072169],
+        [0.019334, 0.119193, 0.950227],
+    ],
+    dtype=np.float64,
+)
+RGB_FROM_XYZ = np.linalg.inv(XYZ_FROM_RGB)
+# D65 reference white, CIE 1931 2-degree observer (as in skimage.color).
+D65_WHITE = np.array([0.95047, 1.0, 1.08883], dtype=np.float64)
+# CIE Lab piecewise constants: (6/29)^3 and the linear-segment slope 1/(3 (6/29)^2).
+LAB_EPSILON = 0.008856
+LAB_KAPPA = 7.787
+LAB_DELTA = 6.0 / 29.0
+
+# The network's data contract (richzhang/colorization): L is centred at 50 and scaled by 100.
+L_CENTRE = 50.0
+L_SCALE = 100.0
+# Storage encoding of L in the shards: uint8 = round(L * 255 / 100); max error 0.196 L units.
+L_UINT8_SCALE = 255.0 / 100.0
+
+# Zhang et al.'s rebalancing defaults (ECCV16 Sec. 2.2): Gaussian smoothing of the prior
+# (sigma 5 in ab units) and a mix with the uniform distribution (lambda 0.5).
+REBALANCE_SIGMA = 5.0
+REBALANCE_LAMBDA = 0.5
+# Annealed-mean temperature of the paper (Sec. 2.3).
+ANNEALED_T = 0.38
+
+
+# --- sRGB <-> Lab, numpy ---------------------------------------------------
+
+
+def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    """Inverse sRGB companding. (..., 3) float in [0, 1] -> same shape, linear."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    return np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+
+
+def linear_to_srgb(lin: np.ndarray) -> np.ndarray:
+    """sRGB companding. (..., 3) linear float -> same shape in [0, 1] (clipped)."""
+    lin = np.clip(np.asarray(lin, dtype=np.float32), 0.0, None)
+    out = np.where(lin > 0.0031308, 1.055 * lin ** (1 / 2.4) - 0.055, 12.92 * lin)
+    return np.clip(out, 0.0, 1.0)
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB -> CIE Lab (D65).
+
+    Args:
+        rgb: (..., 3) float in [0, 1], or uint8 in [0, 255].
+    Returns:
+        (..., 3) float32: L in [0, 100], a and b roughly in [-128, 127].
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:
+        rgb = rgb.astype(np.float32) / 255.0
+    xyz = srgb_to_linear(rgb) @ (XYZ_FROM_RGB / D65_WHITE[:, None]).T.astype(np.float32)
+    f = np.where(xyz > LAB_EPSILON, np.cbrt(xyz), LAB_KAPPA * xyz + 16.0 / 116.0)
+    L = 116.0 * f[..., 1] - 16.0
+    a = 500.0 * (f[..., 0] - f[..., 1])
+    b = 200.0 * (f[..., 1] - f[..., 2])
+    return np.stack([L, a, b], axis=-1).astype(np.float32)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """CIE Lab (D65) -> sRGB.
+
+    Args:
+        lab: (..., 3) float, L in [0, 100].
+    Returns:
+        (..., 3) float32 sRGB in [0, 1]; out-of-gamut colors are clipped.
+    """
+    lab = np.asarray(lab, dtype=np.float32)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    fx = fy + lab[..., 1] / 500.0
+    fz = np.maximum(fy - lab[..., 2] / 200.0, 0.0)
+    f = np.stack([fx, fy, fz], axis=-1)
+    xyz = np.where(f > LAB_DELTA, f**3, (f - 16.0 / 116.0) / LAB_KAPPA)
+    lin = (xyz * D65_WHITE.astype(np.float32)) @ RGB_FROM_XYZ.T.astype(np.float32)
+    return linear_to_srgb(lin)
+
+
+# --- sRGB <-> Lab, TensorFlow (for tf.data and the model) -------------------
+
+
+def tf_rgb_to_lab(rgb):
+    """TensorFlow twin of `rgb_to_lab`. (..., 3) float32 sRGB in [0, 1] -> (..., 3) Lab."""
+    import tensorflow as tf
+
+    rgb = tf.convert_to_tensor(rgb, tf.float32)
+    lin = tf.where(rgb > 0.04045, tf.pow((rgb + 0.055) / 1.055, 2.4), rgb / 12.92)
+    m = tf.constant((XYZ_FROM_RGB / D65_WHITE[:, None]).T, tf.float32)
+    xyz = tf.tensordot(lin, m, axes=1)
+    # pow(x, 1/3) is NaN for x < 0 in TF; the branch is not taken there, but the
+    # gradient of the unused branch would still be NaN, hence the maximum.
+    f = tf.where(
+        xyz > LAB_EPSILON,
+        tf.pow(tf.maximum(xyz, LAB_EPSILON), 1.0 / 3.0),
+        LAB_KAPPA * xyz + 16.0 / 116.0,
+    )
+    L = 116.0 * f[..., 1] - 16.0
+    a = 500.0 * (f[..., 0] - f[..., 1])
+    b = 200.0 * (f[..., 1] - f[..., 2])
+    return tf.stack([L, a, b], axis=-1)
+
+
+def tf_lab_to_rgb(lab):
+    """TensorFlow twin of `lab_to_rgb`. (..., 3) float32 Lab -> (..., 3) sRGB in [0, 1]."""
+    import tensorflow as tf
+
+    lab = tf.convert_to_tensor(lab, tf.float32)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    fx = fy + lab[..., 1] / 500.0
+    fz = tf.maximum(fy - lab[..., 2] / 200.0, 0.0)
+    f = tf.stack([fx, fy, fz], axis=-1)
+    xyz = tf.where(f > LAB_DELTA, f**3, (f - 16.0 / 116.0) / LAB_KAPPA)
+    m = tf.constant((RGB_FROM_XYZ * D65_WHITE[None, :]).T, tf.float32)
+    lin = tf.maximum(tf.tensordot(xyz, m, axes=1), 0.0)
+    srgb = tf.where(
+        lin > 0.0031308,
+        1.055 * tf.pow(tf.maximum(lin, 0.0031308), 1 / 2.4) - 0.055,
+        12.92 * lin,
+    )
+    return tf.clip_by_value(srgb, 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _rgb24_lab_table() -> np.ndarray:
+    """Lab of every 24-bit sRGB color: (2^24, 3) float32, index (r << 16) | (g << 8) | b."""
+    out = np.empty((1 << 24, 3), np.float32)
+    levels = np.arange(256, dtype=np.uint8)
+    gb = np.stack(np.meshgrid(levels, levels, indexing="ij"), -1).reshape(-1, 2)
+    for r in range(256):  # 256 slabs of 64k colors: bounded temporary memory
+        rgb = np.concatenate([np.full((gb.shape[0], 1), r, np.uint8), gb], axis=1)
+        out[r << 16 : (r + 1) << 16] = rgb_to_lab(rgb)
+    return out
+
+
+# --- ab bin tables ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BinTable:
+    """A named set of ab bin centres with a stable index order.
+
+    Centres lie on a regular grid (`step`, first grid line at `origin`), so the
+    nearest centre is found by rounding to the grid and a table lookup, not by an
+    argmin over all Q centres.
+    """
+
+    name: str
+    centres: np.ndarray  # (Q, 2) float32, a and b
+    step: float
+    origin: float
+    extent: int  # grid lines per axis
+
+    @property
+    def size(self) -> int:
+        return int(self.centres.shape[0])
+
+    @functools.cached_property
+    def _cell_to_bin(self) -> np.ndarray:
+        cells = np.full((self.extent, self.extent), -1, np.int32)
+        ij = np.rint((self.centres - self.origin) / self.step).astype(np.int64)
+        cells[ij[:, 0], ij[:, 1]] = np.arange(self.size, dtype=np.int32)
+        return cells
+
+    def quantize(self, ab: np.ndarray) -> np.ndarray:
+        """Exact nearest-centre bin of each ab value.
+
+        Args:
+            ab: (..., 2) float, a and b.
+        Returns:
+            (...,) int32 in [0, Q).
+        """
+        ab = np.asarray(ab, dtype=np.float32)
+        ij = np.rint((ab - self.origin) / self.step).astype(np.int64)
+        ij = np.clip(ij, 0, self.extent - 1)
+        bins = self._cell_to_bin[ij[..., 0], ij[..., 1]]
+        # The nearest grid point is the nearest centre whenever it is a centre (the
+        # centres are a subset of the grid). Colors whose nearest grid point is not
+        # a centre (outside the table's gamut) fall back to the full argmin.
+        miss = bins < 0
+        if miss.any():
+            d = ((ab[miss][:, None, :] - self.centres[None]) ** 2).sum(-1)
+            bins[miss] = d.argmin(-1)
+        return bins
+
+    def to_attrs(self) -> dict:
+        """The table as HDF5/JSON-friendly attributes."""
+        return {
+            "bin_table": self.name,
+            "bin_centres": self.centres.astype(np.float32),
+        }
+
+    def same_as(self, other: "BinTable") -> bool:
+        return self.name == other.name and np.array_equal(self.centres, other.centres)
+
+
+@functools.lru_cache(maxsize=None)
+def get_bin_table(name: str) -> BinTable:
+    """The bin table called `name`: 'zhang313' (default) or 'grid18'."""
+    if name == "zhang313":
+        # The paper's 313 in-gamut centres, a grid of 10 (copy of richzhang/colorization
+        # resources/pts_in_hull.npy, BSD-2; see kcolor/data/LICENSE-pts_in_hull.txt).
+        with resources.files("kcolor.data").joinpath("pts_in_hull.npy").open("rb") as f:
+            centres = np.load(f).astype(np.float32)
+        return BinTable("zhang313", centres, step=10.0, origin=-110.0, extent=23)
+    if name == "grid18":
+        # 18x18 equal buckets over a, b in [-110, 110): bucket width 220/18.
+        step = 220.0 / 18.0
+        axis = -110.0 + step * (np.arange(18) + 0.5)
+        aa, bb = np.meshgrid(axis, axis, indexing="ij")
+        centres = np.stack([aa.ravel(), bb.ravel()], -1).astype(np.float32)
+        return BinTable("grid18", centres, step=step, origin=-110.0 + step / 2, extent=18)
+    raise ValueError(f"bin table: expected 'zhang313' or 'grid18', got {name!r}")
+
+
+BIN_TABLES = ("zhang313", "grid18")
+
+
+@functools.lru_cache(maxsize=None)
+def rgb24_lookup(table_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """L (uint8 encoding) and bin index (uint16) of every 24-bit sRGB color.
+
+    Why a lookup table: photos are 8-bit sRGB, so the exact Lab and bin of every
+    pixel is one gather into 2^24 precomputed entries (48 MB), which is ~50x faster
+    than evaluating the Lab formulas per pixel. Built once per process (~5 s).
+
+    Returns:
+        (L_u8, bins): (2^24,) uint8 and (2^24,) uint16, index (r << 16) | (g << 8) | b.
+    """
+    lab = _rgb24_lab_table()
+    l_u8 = encode_l(lab[:, 0])
+    bins = get_bin_table(table_name).quantize(lab[:, 1:]).astype(np.uint16)
+    return l_u8, bins
+
+
+def encode_l(L: np.ndarray) -> np.ndarray:
+    """L in [0, 100] (float) -> uint8 storage encoding round(L * 2.55)."""
+    return np.clip(np.rint(np.asarray(L) * L_UINT8_SCALE), 0, 255).astype(np.uint8)
+
+
+def decode_l(l_u8: np.ndarray) -> np.ndarray:
+    """uint8 storage encoding -> L in [0, 100], float32."""
+    return np.asarray(l_u8, np.float32) / np.float32(L_UINT8_SCALE)
+
+
+# --- class rebalancing ------------------------------------------------------
+
+REBALANCE_MODES = ("zhang", "neglog", "none")
+
+
+def rebalance_weights(
+    counts: np.ndarray,
+    table: BinTable,
+    mode: str = "zhang",
+    sigma: float = REBALANCE_SIGMA,
+    lam: float = REBALANCE_LAMBDA,
+) -> np.ndarray:
+    """Per-bin class-rebalancing weights from bin frequencies.
+
+    Args:
+        counts: (Q,) pixel counts per bin (int64), over the train split.
+        table: the bin table the counts refer to.
+        mode: 'zhang': prior smoothed with a Gaussian of `sigma` in ab, mixed with the
+            uniform distribution (weight `lam`), inverted, normalized so that the
+            expected weight under the (unsmoothed) prior is 1 (Zhang et al. eq. 4).
+            'neglog': -log p per bin; a bin never seen gets the weight of the rarest
+            bin that was seen (it is at least that rare, and an infinite weight would
+            blow up the loss on the first such pixel).
+            'none': all ones.
+    Returns:
+        (Q,) float32 weights.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.shape != (table.size,):
+        raise ValueError(
+            f"bin counts: expected shape ({table.size},) for {table.name}, got {counts.shape}"
+        )
+    if mode == "none":
+        return np.ones(table.size, np.float32)
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("bin counts: all zero; cannot derive rebalancing weights")
+    p = counts / total
+    if mode == "zhang":
+        d2 = ((table.centres[:, None, :] - table.centres[None, :, :]) ** 2).sum(-1)
+        kernel = np.exp(-d2 / (2.0 * sigma**2))
+        smoothed = kernel @ p
+        smoothed /= smoothed.sum()
+        w = 1.0 / ((1.0 - lam) * smoothed + lam / table.size)
+        w /= (p * w).sum()
+        return w.astype(np.float32)
+    if mode == "neglog":
+        seen = p > 0
+        w = np.empty(table.size)
+        w[seen] = -np.log(p[seen])
+        w[~seen] = w[seen].max()
+        return w.astype(np.float32)
+    raise ValueError(f"rebalance: expected one of {REBALANCE_MODES}, got {mode!r}")
+
+
+# --- decoding ---------------------------------------------------------------
+
+DECODE_METHODS = ("annealed", "argmax")
+
+
+def decode_ab(logits, centres: np.ndarray, method: str = "annealed", temperature: float = ANNEALED_T):
+    """Distribution over bins -> ab.
+
+    Args:
+        logits: (..., Q) unnormalized log-probabilities (tf.Tensor or numpy).
+        centres: (Q, 2) bin centres.
+        method: 'annealed' (softmax(logits / T), then the mean of the centres; T=1 is the
+            plain mean, T->0 approaches the mode) or 'argmax' (centre of the top bin).
+    Returns:
+        (..., 2) float32 tf.Tensor, a and b.
+    """
+    import tensorflow as tf
+
+    logits = tf.cast(tf.convert_to_tensor(logits), tf.float32)
+    centres = tf.constant(np.asarray(centres, np.float32))
+    if method == "argmax":
+        return tf.gather(centres, tf.argmax(logits, axis=-1))
+    if method == "annealed":
+        if temperature <= 0:
+            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        probs = tf.nn.softmax(logits / temperature, axis=-1)
+        return tf.tensordot(probs, centres, axes=1)
+    raise ValueError(f"decode: expected one of {DECODE_METHODS}, got {method!r}")

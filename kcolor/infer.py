@@ -1,0 +1,294 @@
+"""Colorize photos with a trained model: the library behind `kcolor colorize`.
+
+    kcolor colorize old/ -r -o new/ --model runs/a/model.keras
+
+    >>> from kcolor import infer, photo
+    >>> col = infer.load_colorizer("runs/a/model.keras")
+    >>> [out] = col.colorize([photo.open_photo("old.jpg")])   # PIL image, full size
+
+As in richzhang/colorization: the photo's lightness is resized to the network's input
+side, the network predicts a distribution over ab bins at 1/4 of that side, which is
+decoded to ab (annealed mean or argmax), upsampled bilinearly to the full resolution
+and joined to the photo's own full-resolution L (kcolor.photo), so no detail is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kcolor import color
+from kcolor.photo import (
+    IMAGE_SUFFIXES,
+    Photo,
+    compare_image,
+    compose,
+    describe_error,
+    net_lightness,
+    open_photo,
+    save_image,
+)
+
+OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
+OUTPUT_DIR = "colorized"  # default output folder, created beside the inputs
+BATCH_PIXELS = 16_000_000  # full-resolution pixels decoded per batch (one huge photo always fits)
+
+
+def default_model_path() -> Path | None:
+    """The bundled model kcolor/weights/model.keras, or None when none is bundled."""
+    path = Path(__file__).parent / "weights" / "model.keras"
+    return path if path.is_file() else None
+
+
+# --- the network -------------------------------------------------------------------------
+
+
+class Colorizer:
+    """A kcolor model with its decoding settings.
+
+    Args:
+        net: a model from `kcolor.model.build_model` / `load_model`.
+        size: side the lightness is resized to (None: the model's input_size); rounded
+            to a multiple of 8.
+        decode, temperature: see `kcolor.color.decode_ab` (None: the paper's T = 0.38).
+        replicas: devices the model is mirrored on (see `load_colorizer`).
+        source: where the model came from (for reports).
+    """
+
+    def __init__(
+        self, net, size=None, decode="annealed", temperature=None, replicas=1, source=None
+    ):
+        from kcolor import model
+
+        info = model.model_info(net)
+        temperature = color.ANNEALED_T if temperature is None else float(temperature)
+        if decode not in color.DECODE_METHODS:
+            raise ValueError(f"decode: expected one of {color.DECODE_METHODS}, got {decode!r}")
+        if decode == "annealed" and temperature <= 0:
+            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        size = int(size or info["input_size"])
+        self.side = max(
+            model.INPUT_MULTIPLE, round(size / model.INPUT_MULTIPLE) * model.INPUT_MULTIPLE
+        )
+        self.net, self.info = net, info
+        self.table = color.get_bin_table(info["bin_table"])
+        self.decode, self.temperature, self.replicas = decode, temperature, replicas
+        self.source = source
+
+    def predict(self, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network + decoding.
+
+        Args:
+            L: (B, S, S) float32 lightness in [0, 100], S = self.side.
+        Returns:
+            ab: (B, S/4, S/4, 2) float32 decoded ab; bins: (B, S/4, S/4) int32 argmax bins.
+        """
+        x = np.asarray(L, np.float32)[..., None]
+        if self.replicas > 1:  # predict() splits the batch over the replicas
+            logits = self.net.predict(x, batch_size=len(x), verbose=0)
+        else:
+            logits = self.net.predict_on_batch(x)
+        ab = color.decode_ab(logits, self.table.centres, self.decode, self.temperature)
+        return np.asarray(ab), np.argmax(logits, axis=-1).astype(np.int32)
+
+    def colorize(self, photos: list[Photo]) -> list[Image.Image]:
+        """Colorize photos of any sizes as one batch; returns full-size PIL images."""
+        ab, _ = self.predict(np.stack([net_lightness(p, self.side) for p in photos]))
+        return [compose(p, a) for p, a in zip(photos, ab, strict=True)]
+
+
+def load_colorizer(model_path=None, **kwargs) -> Colorizer:
+    """Load a model mirrored on all GPUs; kwargs go to Colorizer.
+
+    model_path: a .keras file, a `kcolor fit` run folder (its model.keras), or None for
+    the bundled model.
+
+    Raises ValueError (one line) when there is no model or the file is not a kcolor model.
+    """
+    import tensorflow as tf
+
+    from kcolor import model
+
+    if model_path is None:
+        model_path = default_model_path()
+        if model_path is None:
+            raise ValueError(
+                "no --model given and no bundled model: pass a .keras file from `kcolor fit`"
+            )
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        model_path = model_path / "model.keras"
+    gpus = tf.config.list_physical_devices("GPU")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    with strategy.scope():
+        net = model.load_model(model_path)
+    return Colorizer(net, replicas=strategy.num_replicas_in_sync, source=model_path, **kwargs)
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One photo to colorize: its file, its output, its --compare output (or None)."""
+
+    src: Path
+    dst: Path
+    fmt: str  # PIL format of dst
+    compare: Path | None = None
+
+
+def find_images(
+    inputs: Iterable[str | os.PathLike], recursive: bool = False, skip=()
+) -> list[tuple[Path, Path]]:
+    """(file, folder it was found in) of each image; files given by name are kept whatever
+    their suffix, folders give their IMAGE_SUFFIXES files (sorted; subfolders with
+    `recursive`, except hidden ones and those in `skip`)."""
+    skip = {Path(s).resolve() for s in skip}
+    found = []
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            found.append((item, item.parent))
+            continue
+        walk = sorted(item.rglob("*") if recursive else item.iterdir())
+        for f in walk:
+            rel = f.relative_to(item)
+            if any(p.startswith(".") for p in rel.parts) or f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if any(d in skip for d in f.resolve().parents) or not f.is_file():
+                continue
+            found.append((f, item))
+    return found
+
+
+def plan(
+    inputs, out=None, recursive=False, fmt=None, compare=False
+) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Output paths for the inputs, and the inputs refused (with the reason).
+
+    Outputs go to OUT/<path relative to the input folder> (a file given by name: OUT/<name>);
+    without OUT, to <input folder>/colorized/... (for a file: colorized/ beside it).
+    An output never replaces an input, nor another input's output.
+    """
+    inputs = [Path(i) for i in inputs]
+    outdirs = [Path(out)] if out else [(i if i.is_dir() else i.parent) / OUTPUT_DIR for i in inputs]
+    found = find_images(inputs, recursive, skip=outdirs)
+    sources = {f.resolve() for f, _ in found}
+    jobs, refused, taken = [], [], {}
+    for f, root in found:
+        base = (Path(out) if out else root / OUTPUT_DIR) / (
+            f.relative_to(root) if f != root else f.name
+        )
+        if fmt:
+            dst, dst_fmt = base.with_suffix(OUTPUT_FORMATS[fmt]), fmt.upper()
+        elif f.suffix.lower() in IMAGE_SUFFIXES:
+            dst, dst_fmt = base, IMAGE_SUFFIXES[f.suffix.lower()]
+        else:
+            dst, dst_fmt = base.with_name(base.name + ".png"), "PNG"
+        cmp = dst.with_name(f"{dst.stem}-compare{dst.suffix}") if compare else None
+        clash = [p for p in (dst, cmp) if p is not None and p.resolve() in sources]
+        if clash:
+            refused.append((f, f"output {clash[0]} would overwrite an input; choose another -o"))
+        elif dst.resolve() in taken:
+            refused.append((f, f"output {dst} is also the output of {taken[dst.resolve()]}"))
+        else:
+            taken[dst.resolve()] = f
+            jobs.append(Job(f, dst, dst_fmt, cmp))
+    return jobs, refused
+
+
+def _header_pixels(path: Path) -> int:
+    try:
+        with Image.open(path) as img:
+            return img.size[0] * img.size[1]
+    except Exception:  # the real load reports the problem
+        return 0
+
+
+def _batches(jobs: list[Job], batch_size: int) -> Iterator[list[Job]]:
+    """Batches of at most batch_size photos and BATCH_PIXELS decoded pixels (or one photo)."""
+    batch, pixels = [], 0
+    for job in jobs:
+        px = _header_pixels(job.src)
+        if batch and (len(batch) == batch_size or pixels + px > BATCH_PIXELS):
+            yield batch
+            batch, pixels = [], 0
+        batch.append(job)
+        pixels += px
+    if batch:
+        yield batch
+
+
+def _load(job: Job, side: int) -> tuple[Photo, np.ndarray]:
+    photo = open_photo(job.src)
+    return photo, net_lightness(photo, side)
+
+
+def _finish(job: Job, photo: Photo, ab_low: np.ndarray, workers: int) -> None:
+    out = compose(photo, ab_low, workers)
+    save_image(out, job.dst, job.fmt)
+    if job.compare is not None:
+        save_image(compare_image(photo, out), job.compare, job.fmt)
+
+
+def colorize_files(
+    jobs: list[Job],
+    colorizer: Colorizer,
+    batch_size: int = 8,
+    workers: int | None = None,
+    on_result: Callable[[Job, str | None], None] | None = None,
+) -> list[tuple[Path, str]]:
+    """Colorize and write each job's photo; a bad photo fails alone.
+
+    Decoding and writing run on `workers` threads (default: all cores); the writes of
+    one batch overlap the next batch's decoding and network.
+    `on_result(job, None or problem)` is called once per job, in the calling thread.
+
+    Returns:
+        [(file, one-line problem)] for the photos that failed.
+    """
+    workers = workers or os.cpu_count() or 1
+    failed = []
+
+    def fail(job, exc):
+        failed.append((job.src, describe_error(exc)))
+        if on_result:
+            on_result(job, failed[-1][1])
+
+    def outcome(job, future, last_step):
+        try:
+            result = future.result()
+        except Exception as e:  # one bad photo must not stop the others
+            fail(job, e)
+            return None
+        if last_step and on_result:
+            on_result(job, None)
+        return result
+
+    with ThreadPoolExecutor(workers) as pool:
+        saving = []
+        for batch in _batches(jobs, batch_size):
+            loads = [(job, pool.submit(_load, job, colorizer.side)) for job in batch]
+            loaded = [(job, r) for job, f in loads if (r := outcome(job, f, False)) is not None]
+            try:
+                ab = colorizer.predict(np.stack([r[1] for _, r in loaded]))[0] if loaded else []
+            except Exception as e:  # e.g. out of device memory: this batch fails, not the run
+                for job, _ in loaded:
+                    fail(job, e)
+                loaded, ab = [], []
+            for job, f in saving:
+                outcome(job, f, True)
+            strip_workers = max(1, workers // max(1, len(loaded)))  # a lone huge photo: all cores
+            saving = [
+                (job, pool.submit(_finish, job, photo, a, strip_workers))
+                for (job, (photo, _)), a in zip(loaded, ab, strict=True)
+            ]
+        for job, f in saving:
+            outcome(job, f, True)
+    return failed

@@ -1,0 +1,185 @@
+"""The ECCV16 colorization network (Zhang, Isola & Efros 2016) as a Keras 3 model.
+
+    >>> from kcolor import model
+    >>> net = model.build_model("zhang313", width=0.25, input_size=128)
+    >>> logits = net(L)          # (B, H, W, 1) L in [0, 100] -> (B, H/4, W/4, Q)
+    >>> net.save("run/model.keras"); net = model.load_model("run/model.keras")
+
+The saved model carries its bin table, width, input size, rebalancing settings and
+the training prior in a `kcolor_info` layer, so colorizing needs only its path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kcolor import color
+
+# Paper's channels per block (conv1..conv8) and convs per block; block 8 opens with a
+# 4x4 stride-2 transposed conv. Strides: blocks 1-3 end with stride 2; blocks 5-6 dilate by 2.
+BLOCK_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 256)
+BLOCK_CONVS = (2, 2, 3, 3, 3, 3, 3, 3)
+BLOCK_DILATION = (1, 1, 1, 1, 2, 2, 1, 1)
+OUTPUT_STRIDE = 4  # logits come out at 1/4 of the input resolution
+INPUT_MULTIPLE = 8  # three stride-2 stages: sides must divide by 8
+
+
+@keras.saving.register_keras_serializable(package="kcolor")
+class ColorizerInfo(keras.layers.Layer):
+    """Identity on the logits; its config records what the model was trained on."""
+
+    def __init__(
+        self,
+        bin_table="zhang313",
+        width=1.0,
+        input_size=128,
+        rebalance="zhang",
+        prior=None,
+        format_version=1,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.bin_table = bin_table
+        self.width = float(width)
+        self.input_size = int(input_size)
+        self.rebalance = rebalance
+        self.prior = None if prior is None else [float(p) for p in prior]
+        self.format_version = int(format_version)
+
+    def call(self, logits):
+        return keras.ops.cast(logits, "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            bin_table=self.bin_table,
+            width=self.width,
+            input_size=self.input_size,
+            rebalance=self.rebalance,
+            prior=self.prior,
+            format_version=self.format_version,
+        )
+        return config
+
+
+def _channels(base: int, width: float) -> int:
+    return max(8, int(round(base * width)))
+
+
+def build_model(
+    bin_table: str = "zhang313",
+    width: float = 1.0,
+    input_size: int = 128,
+    rebalance: str = "zhang",
+    prior: np.ndarray | None = None,
+) -> keras.Model:
+    """The ECCV16 network.
+
+    Args:
+        bin_table: name of the ab bin table; Q = its size.
+        width: channel multiplier (1.0 = the paper's 64..512 channels, ~32M parameters).
+        input_size: the training/inference side (the net is fully convolutional; any
+            side divisible by 8 works).
+        rebalance, prior: recorded in the model (the training settings and the (Q,)
+            bin prior of the training set), used by evaluation.
+    Returns:
+        keras.Model: (B, H, W, 1) float L in [0, 100] -> (B, H/4, W/4, Q) float32 logits.
+    """
+    table = color.get_bin_table(bin_table)
+    if input_size % INPUT_MULTIPLE:
+        raise ValueError(f"input_size: expected a multiple of {INPUT_MULTIPLE}, got {input_size}")
+    inputs = keras.Input((None, None, 1), name="L")
+    # Data contract of richzhang/colorization: L centred at 50, scaled by 1/100.
+    x = keras.layers.Rescaling(1.0 / color.L_SCALE, offset=-color.L_CENTRE / color.L_SCALE)(inputs)
+    for block, (base, convs, dilation) in enumerate(
+        zip(BLOCK_CHANNELS, BLOCK_CONVS, BLOCK_DILATION, strict=True), start=1
+    ):
+        ch = _channels(base, width)
+        for i in range(1, convs + 1):
+            name = f"conv{block}_{i}"
+            if block == 8 and i == 1:
+                x = keras.layers.Conv2DTranspose(
+                    ch, 4, strides=2, padding="same", activation="relu", name=name
+                )(x)
+                continue
+            stride = 2 if (block <= 3 and i == convs) else 1
+            x = keras.layers.Conv2D(
+                ch,
+                3,
+                strides=stride,
+                padding="same",
+                dilation_rate=dilation,
+                activation="relu",
+                name=name,
+            )(x)
+        # synchronized: batch statistics over the global batch, so that N replicas
+        # train exactly like one device with the same global batch.
+        x = keras.layers.BatchNormalization(synchronized=True, name=f"conv{block}_norm")(x)
+    logits = keras.layers.Conv2D(table.size, 1, name="classifier")(x)
+    prior_list = None if prior is None else np.asarray(prior, np.float64).tolist()
+    outputs = ColorizerInfo(
+        bin_table=bin_table,
+        width=width,
+        input_size=input_size,
+        rebalance=rebalance,
+        prior=prior_list,
+        name="kcolor_info",
+    )(logits)
+    return keras.Model(inputs, outputs, name=f"eccv16_w{width:g}")
+
+
+def model_info(net: keras.Model) -> dict:
+    """The settings a kcolor model was built with (bin_table, width, input_size, ...)."""
+    try:
+        layer = net.get_layer("kcolor_info")
+    except ValueError:
+        raise ValueError(f"model {net.name!r}: not a kcolor model (no kcolor_info layer)") from None
+    return layer.get_config()
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Load a `.keras` file written by `kcolor fit`; one clear error when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: model file not found")
+    try:
+        net = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a bad file; one line for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a kcolor model ({first[:200]})") from None
+    try:
+        model_info(net)
+    except ValueError:
+        raise ValueError(f"{path}: not a kcolor model (no kcolor_info layer)") from None
+    return net
+
+
+def check_bin_table(net: keras.Model, table: color.BinTable, where: str) -> None:
+    """Refuse a model trained on another bin table than `table` (from `where`)."""
+    name = model_info(net)["bin_table"]
+    if name != table.name:
+        raise ValueError(
+            f"{where}: bin table {table.name!r} does not match the model's {name!r}; "
+            "prepare the shards with the model's --bin-table or train a new model"
+        )
+
+
+def flops_per_image(net: keras.Model, side: int) -> float:
+    """Forward multiply-adds x 2 of one side x side image (conv layers only)."""
+    total = 0.0
+    h = side
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            h *= layer.strides[0]
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            total += 2.0 * h * h * k * layer.kernel.shape[-1] * layer.filters
+        elif isinstance(layer, keras.layers.Conv2D):
+            h = -(-h // layer.strides[0])
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            total += 2.0 * h * h * k * layer.kernel.shape[-2] * layer.filters
+    return total

@@ -1,0 +1,98 @@
+"""Validation figures and TensorBoard logging for `kcolor fit`.
+
+    tensorboard --logdir RUN_DIR/logs
+
+Val metrics are computed at the network's output resolution against the true bins'
+centres (the shards store bins, not exact ab), which adds at most half a grid step
+of quantization to the ab error; `kcolor evaluate` measures on real photos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from kcolor import color
+
+AUC_THRESHOLDS = np.arange(151, dtype=np.float32)  # ab error thresholds 0..150 (Zhang et al.)
+
+
+class Board:
+    """TensorBoard writers for train and val (no-ops on non-chief workers)."""
+
+    def __init__(self, log_dir: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.writers = {}
+        if enabled:
+            for name in ("train", "val"):
+                self.writers[name] = tf.summary.create_file_writer(str(Path(log_dir) / name))
+
+    def scalars(self, split: str, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        with self.writers[split].as_default(step=step):
+            for key, value in values.items():
+                tf.summary.scalar(key, value)
+        self.writers[split].flush()
+
+    def preview(self, step: int, grid: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        with self.writers["val"].as_default(step=step):
+            tf.summary.image("gray | colorized | truth", grid[None], max_outputs=1)
+        self.writers["val"].flush()
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+def evaluate(net, batches, loss_fn, table: color.BinTable) -> dict:
+    """Mean per-image loss, top-1 bin accuracy and ab-error AuC (%) over `batches`."""
+    centres = tf.constant(table.centres)
+    thresholds = tf.constant(AUC_THRESHOLDS)
+
+    @tf.function
+    def step(L, bins):
+        logits = tf.cast(net(L, training=False), tf.float32)
+        per_image = loss_fn(bins, logits)
+        hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), bins), tf.float32)
+        ab = color.decode_ab(logits, table.centres)
+        err = tf.norm(ab - tf.gather(centres, bins), axis=-1)
+        within = tf.cast(err[..., None] <= thresholds, tf.float32)
+        return (
+            tf.reduce_sum(per_image),
+            tf.cast(tf.shape(L)[0], tf.float32),
+            tf.reduce_sum(hit),
+            tf.reduce_sum(tf.reduce_mean(within, -1)),
+            tf.cast(tf.size(bins), tf.float32),
+        )
+
+    totals = np.zeros(5)
+    for L, bins in batches:
+        totals += np.array([float(v) for v in step(L, bins)])
+    loss_sum, images, hits, auc_sum, pixels = totals
+    if images == 0:
+        return {}
+    return {"loss": loss_sum / images, "top1": hits / pixels, "auc": 100 * auc_sum / pixels}
+
+
+def preview_grid(net, arrays, table: color.BinTable) -> np.ndarray:
+    """Rows of gray | colorized (annealed mean) | truth for a few val images.
+
+    Args:
+        arrays: (L uint8 (N,S,S), bins uint16 (N,S,S)) as stored in the shards.
+    Returns:
+        (N*S, 3*S, 3) float32 RGB in [0, 1].
+    """
+    l_u8, bins = arrays
+    L = color.decode_l(l_u8)[..., None]
+    logits = net(L, training=False)
+    ab = tf.image.resize(color.decode_ab(logits, table.centres), L.shape[1:3], "bilinear")
+    pred = color.lab_to_rgb(np.concatenate([L, ab.numpy()], -1))
+    truth = color.lab_to_rgb(np.concatenate([L, table.centres[bins.astype(np.int64)]], -1))
+    gray = color.lab_to_rgb(np.concatenate([L, np.zeros_like(ab)], -1))
+    rows = np.concatenate([gray, pred, truth], axis=2)
+    return rows.reshape(-1, rows.shape[2], 3)

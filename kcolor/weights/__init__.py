@@ -1,0 +1,1 @@
+"""Bundled weights: `model.keras` here is the default model of `kcolor colorize`."""

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny, colorful, deterministic photo collections made with PIL.
+
+def test_something(make_photo_dir, tmp_path):
+    photos = make_photo_dir(tmp_path / "photos", n=8, size=32)   # list of paths
+def test_other(make_miniplaces, tmp_path):
+    root = make_miniplaces(tmp_path / "mini", n_train=6, n_val=2, size=32)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def smooth_photo(rng: np.random.Generator, height: int, width: int | None = None) -> np.ndarray:
+    """A colorful but smooth (photo-like, JPEG-friendly) image: (H, W, 3) uint8.
+
+    Each channel is a sum of a few random low-frequency waves, so colors vary over
+    the whole gamut while neighbouring pixels stay close.
+    """
+    width = width or height
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((height, width, 3), np.float32)
+    for c in range(3):
+        acc = np.zeros((height, width), np.float32)
+        for _ in range(3):
+            fy, fx = rng.uniform(0.2, 2.0, 2) * 2 * np.pi / np.array([height, width])
+            acc += np.sin(fy * y + fx * x + rng.uniform(0, 2 * np.pi))
+        out[..., c] = acc
+    out = (out - out.min()) / max(float(np.ptp(out)), 1e-6)
+    return np.clip(out * 255.0, 0, 255).astype(np.uint8)
+
+
+def write_photo_dir(
+    root: Path, n: int = 8, size: int = 32, *, seed: int = 0, ext: str = ".jpg", nested: bool = True
+) -> list[Path]:
+    """Write n smooth color photos of size x size into root (half of them in a subfolder
+    when nested). Returns their paths, sorted."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        folder = root / "sub" if nested and i % 2 else root
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"photo{i:03d}{ext}"
+        Image.fromarray(smooth_photo(rng, size)).save(path, quality=95)
+        paths.append(path)
+    return sorted(paths)
+
+
+def write_miniplaces(
+    root: Path, n_train: int = 8, n_val: int = 2, size: int = 32, *, seed: int = 0
+) -> Path:
+    """A Miniplaces root: images/{train,val}/..., train.txt and val.txt with labels."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        lines = []
+        for i in range(n):
+            label = i % 3
+            rel = f"{split}/c/cat{label}/{i:08d}.jpg" if split == "train" else f"val/{i:08d}.jpg"
+            (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(smooth_photo(rng, size)).save(root / "images" / rel, quality=95)
+            lines.append(f"{rel} {label}\n")
+        (root / f"{split}.txt").write_text("".join(lines))
+    return root
+
+
+@pytest.fixture
+def make_photo_dir():
+    """Factory: make_photo_dir(root, n=8, size=32, seed=0, ext='.jpg') -> list of paths."""
+    return write_photo_dir
+
+
+@pytest.fixture
+def make_miniplaces():
+    """Factory: make_miniplaces(root, n_train=8, n_val=2, size=32, seed=0) -> root."""
+    return write_miniplaces

@@ -1,0 +1,222 @@
+"""`kcolor colorize` and its library (kcolor.infer), with a tiny untrained model."""
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from kcolor import cli, infer, model, photo
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "model.keras"  # as `kcolor fit` writes it
+    model.build_model(width=0.0625, input_size=32).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def colorizer(model_path):
+    return infer.load_colorizer(model_path)
+
+
+def smooth(h, w, channels=3):
+    """A smooth color photo (JPEG-friendly), uint8 (h, w, channels)."""
+    y, x = np.mgrid[0:h, 0:w]
+    planes = [128 + 100 * np.sin(x / 7 + k) * np.cos(y / 9 - k) for k in range(channels)]
+    return np.clip(np.stack(planes, -1), 0, 255).astype(np.uint8)
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, ["colorize", *map(str, args)])
+
+
+def l_of(path):
+    """L of an image file as kcolor reads it (upright), (H, W) float32."""
+    return photo.lightness(np.asarray(photo.open_photo(path).image))
+
+
+# --- library -------------------------------------------------------------------------
+
+
+def test_predict_shapes_and_decoding(colorizer, model_path):
+    ab, bins = colorizer.predict(np.full((3, 32, 32), 50.0, np.float32))
+    assert ab.shape == (3, 8, 8, 2) and ab.dtype == np.float32
+    assert bins.shape == (3, 8, 8) and bins.dtype == np.int32
+    arg = infer.load_colorizer(model_path, decode="argmax", size=45)
+    assert arg.side == 48  # rounded to a multiple of 8
+    ab, bins = arg.predict(np.full((1, 48, 48), 50.0, np.float32))
+    np.testing.assert_allclose(ab, colorizer.table.centres[bins])
+    with pytest.raises(ValueError, match="decode"):
+        infer.Colorizer(colorizer.net, decode="mode")
+
+
+def test_colorize_mixed_sizes_in_one_batch(colorizer):
+    photos = [photo.photo_from_image(Image.fromarray(smooth(h, w))) for h, w in [(9, 70), (40, 3)]]
+    outs = colorizer.colorize(photos)
+    assert [o.size for o in outs] == [(70, 9), (3, 40)]
+
+
+def test_color_and_gray_versions_get_the_same_colors(colorizer):
+    # Only the lightness is used: a color photo and a 16-bit gray photo of its L agree.
+    rgb = smooth(24, 24)
+    L = photo.lightness(rgb)
+    g16 = np.searchsorted(photo._gray_l_lut(65536), L).clip(0, 65535).astype(np.uint16)
+    assert np.abs(photo.lightness(g16) - L).max() < 0.01
+    a, b = (
+        np.asarray(colorizer.colorize([photo.photo_from_image(Image.fromarray(x))])[0])
+        for x in (rgb, g16)
+    )
+    assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_a_failing_batch_fails_alone(colorizer, tmp_path, monkeypatch):
+    for i in range(3):
+        Image.fromarray(smooth(10, 10)).save(tmp_path / f"{i}.png")
+    jobs, _ = infer.plan([tmp_path])
+    real = colorizer.predict
+    calls = []
+
+    def flaky(L):
+        calls.append(len(L))
+        if len(calls) == 1:
+            raise MemoryError("out of device memory")
+        return real(L)
+
+    monkeypatch.setattr(colorizer, "predict", flaky)
+    seen = []
+    failed = infer.colorize_files(jobs, colorizer, 2, on_result=lambda job, e: seen.append(e))
+    assert failed == [(jobs[0].src, "out of device memory"), (jobs[1].src, "out of device memory")]
+    assert calls == [2, 1] and len(seen) == 3
+    assert (tmp_path / "colorized" / "2.png").is_file()
+
+
+def test_plan_outputs(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for name in ("in/a.jpg", "in/B.PNG", "in/sub/c.webp", "in/notes.txt", "one.tif"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "in" / "colorized").mkdir()
+    (tmp_path / "in" / "colorized" / "old.jpg").write_bytes(b"")
+    jobs, refused = infer.plan([tmp_path / "in", tmp_path / "one.tif"], recursive=True)
+    got = {
+        j.src.relative_to(tmp_path).as_posix(): j.dst.relative_to(tmp_path).as_posix() for j in jobs
+    }
+    assert got == {
+        "in/B.PNG": "in/colorized/B.PNG",
+        "in/a.jpg": "in/colorized/a.jpg",
+        "in/sub/c.webp": "in/colorized/sub/c.webp",
+        "one.tif": "colorized/one.tif",
+    }
+    assert not refused
+    jobs, _ = infer.plan([tmp_path / "in"], out=tmp_path / "o", fmt="png", compare=True)
+    assert sorted(j.dst.name for j in jobs) == ["B.png", "a.png"]  # not recursive
+    assert {j.fmt for j in jobs} == {"PNG"} and jobs[0].compare.name.endswith("-compare.png")
+    jobs, refused = infer.plan([tmp_path / "in" / "a.jpg"], out=tmp_path / "in")
+    assert not jobs and "would overwrite an input" in refused[0][1]
+
+
+# --- the command ------------------------------------------------------------------
+
+
+def test_sizes_and_modes_keep_size_and_lightness(tmp_path, model_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(smooth(33, 17)).save(src / "odd.png")
+    Image.fromarray(smooth(1, 1)).save(src / "one.png")
+    Image.fromarray(smooth(20, 30, 4)).save(src / "alpha.png")
+    Image.fromarray(smooth(16, 24, 1)[..., 0].astype(np.uint16) * 257).save(src / "deep.png")
+    Image.fromarray(smooth(18, 26)).convert("P").save(src / "palette.png")
+    Image.fromarray(smooth(40, 64)).save(src / "photo.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated by 90 degrees
+    Image.fromarray(smooth(24, 48)).save(src / "rotated.jpg", exif=exif, quality=95)
+    Image.fromarray(smooth(12, 20)).convert("L").save(src / "gray.webp", lossless=True)
+    Image.fromarray(smooth(12, 20)).save(src / "x.bmp")
+    Image.fromarray(smooth(12, 20)).save(src / "x.tif")
+    result = run(src, "--model", model_path, "-o", tmp_path / "out", "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    assert "10 colorized, 0 failed" in result.output
+    for f in src.iterdir():
+        out = tmp_path / "out" / f.name
+        with Image.open(f) as a, Image.open(out) as b:
+            assert b.format == a.format
+        want, got = l_of(f), l_of(out)
+        assert got.shape == want.shape, f.name
+        err = np.abs(got - want)
+        if f.suffix in (".jpg", ".webp"):  # lossy outputs
+            assert err.mean() < 1.0, f.name
+        else:
+            assert err.max() < 0.7, f.name
+    assert l_of(tmp_path / "out" / "rotated.jpg").shape == (48, 24)  # upright
+    with Image.open(tmp_path / "out" / "alpha.png") as img:
+        assert img.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(img)[..., 3], smooth(20, 30, 4)[..., 3])
+
+
+def test_bad_inputs_fail_alone(tmp_path, model_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(smooth(32, 32)).save(src / "good.png")
+    good = (src / "good.png").read_bytes()
+    (src / "cut.png").write_bytes(good[: len(good) // 3])
+    (src / "junk.jpg").write_bytes(os.urandom(500))
+    (src / "empty.png").write_bytes(b"")
+    (src / "dir.jpg").mkdir()  # a folder with an image name is not looked into
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    result = run(src, notes, "--model", model_path)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    for name in ("cut.png", "junk.jpg", "empty.png", "notes.txt"):
+        assert sum(name in line for line in lines) == 1, (name, result.output)
+    assert "1 colorized, 4 failed" in result.output
+    assert (src / "colorized" / "good.png").is_file()
+    assert "truncated" in next(line for line in lines if "cut.png" in line)
+
+
+def test_output_problems(tmp_path, model_path):
+    Image.fromarray(smooth(16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("x")
+    result = run(tmp_path / "a.png", "-o", tmp_path / "file", "--model", model_path)
+    assert result.exit_code == 2 and "is a file" in result.output  # click usage error
+    (tmp_path / "colorized").write_text("in the way")
+    result = run(tmp_path / "a.png", "--model", model_path)
+    assert result.exit_code == 1 and "colorized is not a folder" in result.output
+    result = run(tmp_path / "a.png", "-o", tmp_path, "--model", model_path)
+    assert result.exit_code == 1 and "would overwrite an input" in result.output
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_model_problems(tmp_path, monkeypatch):
+    Image.fromarray(smooth(16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "m.keras").write_bytes(b"PK not really")
+    result = run(tmp_path / "a.png", "--model", tmp_path / "m.keras")
+    assert result.exit_code == 1
+    assert "m.keras: not a kcolor model" in result.output
+    monkeypatch.setattr(infer, "default_model_path", lambda: None)
+    result = run(tmp_path / "a.png")
+    assert result.exit_code == 1 and "no --model given and no bundled model" in result.output
+    result = run(tmp_path / "missing.png")
+    assert result.exit_code == 2
+
+
+def test_compare_format_decode_options(tmp_path, model_path):
+    Image.fromarray(smooth(20, 28)).save(tmp_path / "a.jpg")
+    args = ["--compare", "--format", "png", "--decode", "argmax", "--size", "16"]
+    result = run(tmp_path / "a.jpg", "--model", model_path.parent, *args)  # a run folder
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "colorized" / "a.png") as out:
+        assert out.size == (28, 20) and out.format == "PNG"
+    with Image.open(tmp_path / "colorized" / "a-compare.png") as pair:
+        assert pair.size == (56, 20)
+
+
+def test_no_images(tmp_path, model_path):
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(smooth(8, 8)).save(tmp_path / "sub" / "a.png")
+    result = run(tmp_path, "--model", model_path)
+    assert result.exit_code == 1 and "-r looks into subfolders" in result.output

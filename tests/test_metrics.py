@@ -1,0 +1,133 @@
+"""Colorization metrics on hand-made cases, and `kcolor evaluate` (kcolor.metrics)."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
+
+from kcolor import cli, color, infer, metrics, model
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "model.keras"
+    model.build_model(width=0.0625, input_size=32).save(path)
+    return path
+
+
+def test_auc_identical_and_constant_shift():
+    ab = RNG.uniform(-80, 80, (20, 30, 2))
+    assert metrics.auc(ab, ab) == 100.0
+    for d in (10.5, 37.25, 30.0, 149.5):
+        shift = np.array([0.6, 0.8]) * d  # a constant ab error of length d
+        want = 100 * (150 - d) / 150
+        # exact for half-integer d, else within half a threshold (0.5 / 150)
+        tol = 1e-3 if d % 1 == 0.5 else 100 * 0.5 / 150 + 1e-6
+        assert metrics.auc(ab + shift, ab) == pytest.approx(want, abs=tol)
+    assert metrics.auc(ab + [200.0, 0.0], ab) == 0.0
+
+
+def test_auc_weights():
+    truth = np.zeros((4, 2))
+    pred = np.array([[0, 0], [0, 0], [200, 0], [200, 0]], float)  # half exact, half hopeless
+    assert metrics.auc(pred, truth) == pytest.approx(50.0)
+    assert metrics.auc(pred, truth, weights=[3, 3, 1, 1]) == pytest.approx(75.0)
+    # per-bin weights through the histogram give the same answer
+    hist = metrics.error_histogram(pred, truth, bins=[0, 0, 1, 1], n_bins=2)
+    assert hist.shape == (2, 152) and hist.sum() == 4
+    assert metrics.auc_from_histogram(hist, [3, 1]) == pytest.approx(75.0)
+    np.testing.assert_allclose(metrics.inverse_prior_weights([0.5, 0.25, 0.0]), [2, 4, 4])
+
+
+def test_psnr_ssim():
+    a = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + RNG.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    assert metrics.psnr(a, a) == metrics.PSNR_CAP
+    assert metrics.psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255))
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    assert metrics.ssim(a, b) < 1.0
+    assert metrics.ssim(a[:5, :4], a[:5, :4]) == pytest.approx(1.0)  # window shrinks to 3
+    assert np.isnan(metrics.ssim(a[:2], a[:2]))
+
+
+def test_colorfulness():
+    gray = np.repeat(RNG.integers(0, 256, (8, 8, 1)), 3, -1)
+    assert metrics.colorfulness(gray) == 0.0
+    red_green = np.zeros((2, 2, 3))
+    red_green[0, :, 0] = 255
+    red_green[1, :, 1] = 255
+    # rg = +-255 (mean 0, sd 255); yb = 127.5 everywhere (sd 0)
+    assert metrics.colorfulness(red_green) == pytest.approx(255 + 0.3 * 127.5)
+    moments = metrics._moments(*metrics._opponent(red_green[:1])) + metrics._moments(
+        *metrics._opponent(red_green[1:])
+    )
+    assert metrics._colorfulness_from_moments(moments) == pytest.approx(255 + 0.3 * 127.5)
+
+
+def test_top1_and_truth_bins():
+    assert metrics.top1([1, 2, 3, 4], [1, 2, 0, 0]) == 50.0
+    table = color.get_bin_table("zhang313")
+    red = Image.new("RGB", (50, 30), (200, 30, 30))
+    bins = metrics.truth_bins(red, 32, table)
+    want = table.quantize(color.rgb_to_lab(np.array([200, 30, 30], np.uint8))[1:])
+    assert bins.shape == (8, 8) and (bins == want).all()
+
+
+def test_evaluate_against_gray(model_path, tmp_path):
+    Image.new("L", (20, 12), 90).save(tmp_path / "gray.png")
+    Image.fromarray(RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    seen = []
+    paths = sorted(tmp_path.iterdir())
+    report = metrics.evaluate(
+        paths, infer.load_colorizer(model_path), 2, on_image=lambda p, e: seen.append(e)
+    )
+    assert report["count"] == 2 and len(seen) == 3 and report["prior"] == "truth"
+    assert report["failed"][0]["image"].endswith("bad.png")
+    gray = next(r for r in report["images"] if r["image"].endswith("gray.png"))
+    assert gray["truth_colorfulness"] == 0.0 and (gray["width"], gray["height"]) == (20, 12)
+    g = gray["gray"]  # the gray baseline is perfect on a gray photo
+    assert g["auc"] == g["auc_rebalanced"] == 100.0 and g["psnr"] == metrics.PSNR_CAP
+    assert g["ssim"] == pytest.approx(1.0) and g["top1"] == 100.0 and g["colorfulness"] == 0.0
+    for k in ("model", "gray"):
+        assert set(report["mean"][k]) == set(metrics.METRICS)
+        assert 0 <= report["mean"][k]["auc"] <= 100
+    table = metrics.format_table(report)
+    assert "gray.png" in table and "mean of 2" in table and "bin frequencies" in table
+    metrics.write_json(report, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["count"] == 2
+    assert [f.name for f in tmp_path.glob(".*")] == []  # no temporary left
+
+
+def test_evaluate_uses_the_model_prior(tmp_path):
+    prior = np.full(313, 1 / 313)
+    model.build_model(width=0.0625, input_size=32, prior=prior).save(tmp_path / "m.keras")
+    Image.fromarray(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    report = metrics.evaluate([tmp_path / "c.png"], infer.load_colorizer(tmp_path / "m.keras"))
+    assert report["prior"] == "model"
+    rec = report["images"][0]["model"]  # a uniform prior weighs all pixels alike
+    assert rec["auc_rebalanced"] == pytest.approx(rec["auc"])
+
+
+def test_evaluate_command(model_path, tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "b.jpg", "sub/c.png"):
+        Image.fromarray(RNG.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "colorized").mkdir()  # earlier colorize outputs are not truth
+    Image.new("RGB", (8, 8)).save(tmp_path / "colorized" / "a.png")
+    args = ["evaluate", str(tmp_path), "-r", "--model", str(model_path)]
+    result = CliRunner().invoke(cli.main, [*args, "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    assert "mean of 3" in result.output and "AuC-rb" in result.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["count"] == 3 and report["model"] == str(model_path)
+    result = CliRunner().invoke(cli.main, [*args, "--limit", "1"])
+    assert result.exit_code == 0 and "mean of 1" in result.output
+    (tmp_path / "z.png").write_bytes(b"")
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 1 and "z.png: not an image" in result.output

@@ -1,0 +1,104 @@
+"""The network's shapes and saved settings, and the rebalanced loss."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kcolor import color, loss, model
+
+
+def test_shapes_and_layer_counts():
+    net = model.build_model("zhang313", width=0.125, input_size=32)
+    assert net.output_shape == (None, None, None, 313)
+    out = net(np.full((2, 32, 48, 1), 50.0, np.float32))
+    assert out.shape == (2, 8, 12, 313) and out.dtype == tf.float32
+    convs = [l for l in net.layers if "conv" in l.name and "norm" not in l.name]
+    assert len(convs) == 22
+    norms = [l for l in net.layers if l.name.endswith("_norm")]
+    assert len(norms) == 8
+    assert net.get_layer("conv5_1").dilation_rate == (2, 2)
+    assert net.get_layer("conv8_1").strides == (2, 2)
+
+
+def test_paper_width_has_32m_parameters():
+    net = model.build_model("zhang313", width=1.0)
+    assert 31e6 < net.count_params() < 33e6
+    # ~24 GFLOP (2 x multiply-adds) per 128x128 image, the paper's scale
+    assert 20e9 < model.flops_per_image(net, 128) < 26e9
+
+
+def test_grid18_table_and_bad_size():
+    net = model.build_model("grid18", width=0.125, input_size=16)
+    assert net.output_shape[-1] == 324
+    with pytest.raises(ValueError, match="multiple of 8"):
+        model.build_model(width=0.125, input_size=20)
+
+
+def test_saved_model_carries_its_settings(tmp_path):
+    prior = np.full(313, 1 / 313)
+    net = model.build_model("zhang313", width=0.125, input_size=32, rebalance="neglog", prior=prior)
+    path = tmp_path / "m.keras"
+    net.save(path)
+    back = model.load_model(path)
+    info = model.model_info(back)
+    assert (info["bin_table"], info["width"], info["input_size"], info["rebalance"]) == (
+        "zhang313",
+        0.125,
+        32,
+        "neglog",
+    )
+    np.testing.assert_allclose(info["prior"], prior)
+    x = np.random.default_rng(0).uniform(0, 100, (1, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(net(x), back(x), atol=1e-5)
+
+
+def test_not_a_kcolor_model(tmp_path):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.keras: not a kcolor model"):
+        model.load_model(bad)
+    with pytest.raises(ValueError, match="not found"):
+        model.load_model(tmp_path / "missing.keras")
+    net = model.build_model(width=0.125)
+    with pytest.raises(
+        ValueError, match="bin table 'grid18' does not match the model's 'zhang313'"
+    ):
+        model.check_bin_table(net, color.get_bin_table("grid18"), "shards/")
+
+
+def _loop_loss(bins, logits, weights):
+    """Plain per-pixel reference: sum over pixels of w[y] * -log softmax(z)[y]."""
+    out = np.zeros(bins.shape[0])
+    for n in range(bins.shape[0]):
+        for i in range(bins.shape[1]):
+            for j in range(bins.shape[2]):
+                z = logits[n, i, j].astype(np.float64)
+                logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+                out[n] += weights[bins[n, i, j]] * -logp[bins[n, i, j]]
+    return out
+
+
+def test_loss_matches_a_per_pixel_loop():
+    rng = np.random.default_rng(1)
+    q = 313
+    weights = rng.uniform(0.1, 5, q).astype(np.float32)
+    bins = rng.integers(0, q, (3, 4, 5))
+    logits = rng.normal(0, 3, (3, 4, 5, q)).astype(np.float32)
+    per_image = loss.RebalancedCrossEntropy(weights, reduction=None)(bins, logits)
+    ref = _loop_loss(bins, logits, weights)
+    np.testing.assert_allclose(per_image.numpy(), ref, rtol=1e-5)
+    total = loss.RebalancedCrossEntropy(weights)(bins, logits)  # default: sum over images
+    np.testing.assert_allclose(float(total), ref.sum(), rtol=1e-5)
+
+
+def test_loss_config_round_trip():
+    fn = loss.RebalancedCrossEntropy(np.arange(3, dtype=np.float32), reduction=None)
+    back = loss.RebalancedCrossEntropy.from_config(fn.get_config())
+    np.testing.assert_array_equal(back.weights, fn.weights)
+
+
+def test_subsample_bins_takes_cell_centres():
+    bins = np.arange(8 * 8).reshape(1, 8, 8)
+    out = loss.subsample_bins(bins)
+    assert out.shape == (1, 2, 2)
+    assert out[0, 0, 0] == bins[0, 2, 2] and out[0, 1, 1] == bins[0, 6, 6]

@@ -1,0 +1,131 @@
+"""Photo decoding, lightness and the join of predicted ab to the full-size L (kcolor.photo)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kcolor import color, photo
+
+RNG = np.random.default_rng(0)
+
+
+def test_lightness_matches_rgb_to_lab():
+    rgb = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    np.testing.assert_allclose(photo.lightness(rgb), color.rgb_to_lab(rgb)[..., 0], atol=1e-4)
+    gray = RNG.integers(0, 256, (7, 9), dtype=np.uint8)
+    as_rgb = np.repeat(gray[..., None], 3, -1)
+    np.testing.assert_allclose(photo.lightness(gray), color.rgb_to_lab(as_rgb)[..., 0], atol=1e-4)
+    g16 = RNG.integers(0, 65536, (7, 9), dtype=np.uint16)
+    as_rgb = np.repeat(g16[..., None], 3, -1) / 65535.0
+    np.testing.assert_allclose(photo.lightness(g16), color.rgb_to_lab(as_rgb)[..., 0], atol=1e-4)
+
+
+def test_net_lightness_in_strips_equals_one_resize(monkeypatch):
+    rgb = RNG.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    whole = Image.fromarray(photo.lightness(rgb)).resize((16, 16), Image.BILINEAR)
+    monkeypatch.setattr(photo, "STRIP_PIXELS", 300)  # 4 rows per strip
+    small = photo.net_lightness(photo.photo_from_image(Image.fromarray(rgb)), 16)
+    assert small.shape == (16, 16) and small.dtype == np.float32
+    np.testing.assert_allclose(small, np.asarray(whole), atol=1e-4)
+
+
+def test_compose_upsamples_like_tf_resize_and_keeps_l(monkeypatch):
+    monkeypatch.setattr(photo, "STRIP_PIXELS", 500)
+    L = np.linspace(30, 80, 45 * 37, dtype=np.float32).reshape(45, 37)
+    gray = np.clip(np.rint(color.lab_to_rgb(np.stack([L, 0 * L, 0 * L], -1)) * 255), 0, 255)
+    p = photo.photo_from_image(Image.fromarray(gray.astype(np.uint8)))
+    ab_low = RNG.uniform(-12, 12, (4, 4, 2)).astype(np.float32)  # in gamut at L 30..80
+    out = np.asarray(photo.compose(p, ab_low, workers=2))
+    assert out.shape == (45, 37, 3) and out.dtype == np.uint8
+    lab = color.rgb_to_lab(out)
+    want = tf.image.resize(ab_low[None], (45, 37), method="bilinear").numpy()[0]
+    assert np.abs(lab[..., 1:] - want).max() < 2.5  # 8-bit rounding
+    assert np.abs(lab[..., 0] - photo.lightness(np.asarray(p.image))).max() < 0.6
+
+
+def test_lab_to_rgb8_keeps_l_out_of_gamut_and_gray_is_exact():
+    L = RNG.uniform(0, 100, 5000).astype(np.float32)
+    ab = RNG.uniform(-110, 110, (5000, 2)).astype(np.float32)
+    rgb = photo.lab_to_rgb8(L, ab)
+    assert np.abs(color.rgb_to_lab(rgb)[..., 0] - L).max() < 0.6
+    gray = photo.lab_to_rgb8(L, np.zeros_like(ab))
+    assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
+    # in gamut: the same colors as color.lab_to_rgb (up to one 8-bit step)
+    small = ab * 0.05
+    ref = np.rint(color.lab_to_rgb(np.concatenate([L[:, None], small], 1)) * 255)
+    inside = (L > 20) & (L < 80)
+    assert np.abs(photo.lab_to_rgb8(L, small)[inside] - ref[inside]).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "want_mode", "has_alpha"),
+    [
+        ("RGB", "RGB", False),
+        ("RGBA", "RGB", True),
+        ("L", "L", False),
+        ("LA", "L", True),
+        ("1", "L", False),
+        ("P", "RGB", False),
+        ("I;16", "I;16", False),
+        ("I", "I;16", False),
+        ("F", "I;16", False),
+        ("CMYK", "RGB", False),
+    ],
+)
+def test_photo_modes(mode, want_mode, has_alpha):
+    img = Image.fromarray(RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    if mode == "I":
+        img = Image.fromarray(RNG.integers(0, 65536, (6, 5)).astype(np.int32))
+    elif mode == "F":
+        img = Image.fromarray(RNG.random((6, 5)).astype(np.float32))
+    elif mode == "I;16":
+        img = Image.fromarray(RNG.integers(0, 65536, (6, 5)).astype(np.uint16))
+    else:
+        img = img.convert(mode)
+    p = photo.photo_from_image(img)
+    assert p.image.mode == want_mode and p.size == (5, 6)
+    assert (p.alpha is not None) == has_alpha
+    assert photo.to_rgb8(p).mode == "RGB"
+
+
+def test_palette_with_transparency_keeps_alpha():
+    img = Image.fromarray(RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)).convert("P")
+    img.info["transparency"] = 0
+    p = photo.photo_from_image(img)
+    assert p.image.mode == "RGB" and p.alpha is not None
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(RNG.integers(0, 256, (20, 40, 3), dtype=np.uint8))  # 40 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display rotated by 90 degrees
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert photo.open_photo(tmp_path / "r.jpg").size == (20, 40)
+
+
+def test_compare_image_and_atomic_save(tmp_path, monkeypatch):
+    monkeypatch.setattr(photo, "COMPARE_MAX_SIDE", 32)
+    p = photo.photo_from_image(Image.new("L", (64, 16), 128))
+    out = photo.compose(p, np.zeros((2, 2, 2), np.float32))
+    pair = photo.compare_image(p, out)
+    assert pair.size == (64, 8)
+    photo.save_image(pair, tmp_path / "a" / "b.png", "PNG")
+    assert [f.name for f in (tmp_path / "a").iterdir()] == ["b.png"]  # no temporary left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match="is not a folder"):
+        photo.save_image(pair, tmp_path / "file" / "b.png", "PNG")
+
+
+def test_describe_error_is_one_line(tmp_path):
+    good = tmp_path / "g.png"
+    Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    cut = tmp_path / "t.png"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(OSError) as e:
+        photo.open_photo(cut)
+    assert "truncated" in photo.describe_error(e.value)
+    (tmp_path / "n.jpg").write_text("hello")
+    with pytest.raises(OSError) as e:
+        photo.open_photo(tmp_path / "n.jpg")
+    assert photo.describe_error(e.value) == "not an image, or a format PIL cannot read"
