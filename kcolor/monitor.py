@@ -49,34 +49,45 @@ class Board:
             w.close()
 
 
-def evaluate(net, batches, loss_fn, table: color.BinTable) -> dict:
-    """Mean per-image loss, top-1 bin accuracy and ab-error AuC (%) over `batches`."""
-    centres = tf.constant(table.centres)
-    thresholds = tf.constant(AUC_THRESHOLDS)
+class Evaluator:
+    """Mean per-image loss, top-1 bin accuracy and ab-error AuC (%) of `net` on batches.
 
-    @tf.function
-    def step(L, bins):
-        logits = tf.cast(net(L, training=False), tf.float32)
-        per_image = loss_fn(bins, logits)
-        hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), bins), tf.float32)
-        ab = color.decode_ab(logits, table.centres)
-        err = tf.norm(ab - tf.gather(centres, bins), axis=-1)
-        within = tf.cast(err[..., None] <= thresholds, tf.float32)
-        return (
-            tf.reduce_sum(per_image),
-            tf.cast(tf.shape(L)[0], tf.float32),
-            tf.reduce_sum(hit),
-            tf.reduce_sum(tf.reduce_mean(within, -1)),
-            tf.cast(tf.size(bins), tf.float32),
-        )
+    The step is traced once per Evaluator, so build one per run, not per epoch.
+    """
 
-    totals = np.zeros(5)
-    for L, bins in batches:
-        totals += np.array([float(v) for v in step(L, bins)])
-    loss_sum, images, hits, auc_sum, pixels = totals
-    if images == 0:
-        return {}
-    return {"loss": loss_sum / images, "top1": hits / pixels, "auc": 100 * auc_sum / pixels}
+    def __init__(self, net, loss_fn, table: color.BinTable):
+        centres = tf.constant(table.centres)
+        thresholds = tf.constant(AUC_THRESHOLDS)
+
+        @tf.function(reduce_retracing=True)
+        def step(L, bins):
+            logits = tf.cast(net(L, training=False), tf.float32)
+            per_image = loss_fn(bins, logits)
+            top = tf.argmax(logits, -1, output_type=tf.int32)
+            hit = tf.cast(tf.equal(top, bins), tf.float32)
+            ab = color.decode_ab(logits, table.centres)
+            err = tf.norm(ab - tf.gather(centres, bins), axis=-1)
+            within = tf.cast(err[..., None] <= thresholds, tf.float32)
+            return tf.stack(
+                [
+                    tf.reduce_sum(per_image),
+                    tf.cast(tf.shape(L)[0], tf.float32),
+                    tf.reduce_sum(hit),
+                    tf.reduce_sum(tf.reduce_mean(within, -1)),
+                    tf.cast(tf.size(bins), tf.float32),
+                ]
+            )
+
+        self._step = step
+
+    def __call__(self, batches) -> dict:
+        totals = np.zeros(5)
+        for L, bins in batches:
+            totals += self._step(L, bins).numpy()
+        loss_sum, images, hits, auc_sum, pixels = totals
+        if images == 0:
+            return {}
+        return {"loss": loss_sum / images, "top1": hits / pixels, "auc": 100 * auc_sum / pixels}
 
 
 def preview_grid(net, arrays, table: color.BinTable) -> np.ndarray:

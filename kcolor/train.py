@@ -252,6 +252,7 @@ def fit(
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_rep, axis=None)
 
     board = monitor.Board(out_dir / "logs", enabled=is_chief)
+    evaluate = monitor.Evaluator(net, loss_fn, table)
     val_batches = dataset.eval_dataset(val_paths, 32)
     if cfg.val_images:
         val_batches = val_batches.take(math.ceil(cfg.val_images / 32))
@@ -308,7 +309,7 @@ def fit(
             if last_saved != step:
                 manager.save(checkpoint_number=step)
                 last_saved = step
-            results = monitor.evaluate(net, val_batches, loss_fn, table)
+            results = evaluate(val_batches)
             board.scalars("val", step, results)
             board.preview(step, monitor.preview_grid(net, preview, table))
             echo(

@@ -1,0 +1,201 @@
+"""`kcolor fit` on tiny shards: learning, resume, strategies, refusals."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_miniplaces
+
+from kcolor import cli, color, dataset, loss, model, prep, shards, train
+
+TINY = dict(width=0.0625, batch_size=4, lr=3e-3, val_images=8, preview_images=2, log_every=2)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    root = write_miniplaces(tmp_path_factory.mktemp("mini"), n_train=16, n_val=4, size=32)
+    out = tmp_path_factory.mktemp("shards")
+    prep.prepare(root, out, prep.PrepSettings(size=32, shard_size=6), workers=1)
+    return out
+
+
+def _cfg(**kw):
+    return train.FitConfig(**(TINY | kw))
+
+
+def _train_loss(model_path, shard_dir):
+    """Mean loss over the train images, batch-norm in training mode (batch statistics:
+    the moving averages lag far behind after a few dozen steps)."""
+    net = model.load_model(model_path)
+    stats = shards.load_stats(shard_dir)
+    weights = color.rebalance_weights(stats["bin_counts"], color.get_bin_table("zhang313"))
+    fn = loss.RebalancedCrossEntropy(weights, reduction=None)
+    L, bins = dataset.load_arrays(shards.list_shards(shard_dir, "train"), 64)
+    logits = net(color.decode_l(L)[..., None], training=True)
+    return float(np.mean(fn(loss.subsample_bins(bins.astype(np.int32)), logits)))
+
+
+def test_short_fit_lowers_the_loss_and_resumes(shard_dir, tmp_path):
+    run = tmp_path / "run"
+    first = train.fit(shard_dir, run, _cfg(epochs=1), echo=lambda _m: None)
+    before = _train_loss(first, shard_dir)
+    messages = []
+    train.fit(shard_dir, run, _cfg(epochs=15, lr=1e-2), echo=messages.append)
+    assert any("Resumed from" in m and "(step 4)" in m for m in messages), messages
+    after = _train_loss(run / "model.keras", shard_dir)
+    assert after < 0.9 * before, (before, after)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["epochs"] == 15 and saved["bin_table"] == "zhang313"
+    info = model.model_info(model.load_model(run / "model.keras"))
+    assert info["input_size"] == 32 and len(info["prior"]) == 313
+    assert list((run / "logs" / "train").iterdir()) and list((run / "logs" / "val").iterdir())
+
+
+def test_resumed_epoch_continues_at_the_same_batch(shard_dir):
+    paths = shards.list_shards(shard_dir, "train")
+    full = [L.numpy() for L, _ in dataset.train_dataset(paths, 4, epoch=3, seed=7)]
+    rest = [L.numpy() for L, _ in dataset.train_dataset(paths, 4, epoch=3, seed=7, skip_batches=2)]
+    assert len(full) == 4 and len(rest) == 2
+    for a, b in zip(full[2:], rest, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = [L.numpy() for L, _ in dataset.train_dataset(paths, 4, epoch=4, seed=7)]
+    assert not all(np.array_equal(a, b) for a, b in zip(full, other, strict=True))
+
+
+def test_pipeline_shapes_crops_and_flips(shard_dir):
+    paths = shards.list_shards(shard_dir, "train")
+    L, bins = next(iter(dataset.train_dataset(paths, 4, epoch=0, crop=16)))
+    assert L.shape == (4, 16, 16, 1) and bins.shape == (4, 4, 4)
+    assert L.dtype.name == "float32" and bins.dtype.name == "int32"
+    assert 0 <= float(L.numpy().min()) and float(L.numpy().max()) <= 100
+    # each pipeline of a 2-worker run reads a disjoint half of the data
+    n0, n1 = (dataset.count_images(paths, p, 2) for p in (0, 1))
+    assert n0 + n1 == dataset.count_images(paths)
+
+
+def test_nan_loss_stops_with_the_step(shard_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        color, "rebalance_weights", lambda counts, table, mode: np.full(table.size, np.nan)
+    )
+    with pytest.raises(train.TrainingError, match="loss is nan at step 1"):
+        train.fit(shard_dir, tmp_path / "run", _cfg(epochs=1), echo=lambda _m: None)
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_bin_table_mismatch_is_refused(shard_dir, tmp_path):
+    other = model.build_model("grid18", width=0.0625, input_size=32)
+    other.save(tmp_path / "grid.keras")
+    with pytest.raises(ValueError, match="bin table 'zhang313' does not match the model's 'grid18'"):
+        train.fit(shard_dir, tmp_path / "r1", _cfg(), init_model=tmp_path / "grid.keras")
+    run = tmp_path / "r2"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"bin_table": "grid18"}))
+    result = CliRunner().invoke(cli.main, ["fit", str(shard_dir), str(run), "--width", "0.0625"])
+    assert result.exit_code == 1
+    assert "does not match the run's 'grid18'" in result.output
+
+
+def test_config_precedence_and_frozen_settings(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text("width = 0.5\nepochs = 3\n")
+    cfg = train.resolve_config(tmp_path / "run", cfg_file, {"epochs": 7, "lr": None})
+    assert (cfg.width, cfg.epochs, cfg.lr) == (0.5, 7, 3e-5)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"width": 0.25, "epochs": 2}))
+    assert train.resolve_config(run, None, {}).width == 0.25
+    with pytest.raises(ValueError, match="started with width=0.25"):
+        train.resolve_config(run, None, {"width": 1.0})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"widht": 1}))
+    with pytest.raises(ValueError, match="unknown settings"):
+        train.resolve_config(tmp_path / "new", bad, {})
+
+
+def test_two_replicas_give_the_single_device_gradient():
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("_two_replicas.py"))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["max_rel_diff"] < 1e-3
+
+
+def _fit_cmd(shard_dir, run, *extra):
+    return [
+        sys.executable, "-m", "kcolor", "fit", str(shard_dir), str(run),
+        "--width", "0.0625", "--batch-size", "4", "--val-images", "4", *extra,
+    ]  # fmt: skip
+
+
+def test_mirrored_strategy_on_two_logical_cpus(shard_dir, tmp_path):
+    cmd = _fit_cmd(shard_dir, tmp_path / "run", "--epochs", "1", "--cpu-replicas", "2")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 replica(s)" in out.stdout
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_kill_9_then_resume(shard_dir, tmp_path):
+    run = tmp_path / "run"
+    cmd = _fit_cmd(shard_dir, run, "--epochs", "30", "--checkpoint-every", "2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list((run / "ckpt").glob("ckpt-6.index")):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list((run / "ckpt").glob("ckpt-*.index")), "no checkpoint before the kill"
+    out = subprocess.run(
+        cmd[:-4] + ["--epochs", "3"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    resumed = [l for l in out.stdout.splitlines() if l.startswith("Resumed from")]
+    assert resumed and int(resumed[0].split("(step ")[1].rstrip(")")) >= 6
+    net = model.load_model(run / "model.keras")
+    assert model.model_info(net)["width"] == 0.0625
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_two_processes(shard_dir, tmp_path):
+    run = tmp_path / "run"
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = os.environ | {
+            "TF_CONFIG": json.dumps(
+                {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+            )
+        }
+        cmd = _fit_cmd(shard_dir, run, "--epochs", "2")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (so, se) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, se[-3000:]
+    assert "2 replica(s)" in outs[0][0]
+    chief = model.load_model(run / "model.keras").get_weights()
+    other = model.load_model(run / ".worker-1" / "model.keras").get_weights()
+    for a, b in zip(chief, other, strict=True):
+        np.testing.assert_array_equal(a, b)
