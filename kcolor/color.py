@@ -215,11 +215,11 @@ class BinTable:
             "bin_centres": self.centres.astype(np.float32),
         }
 
-    def same_as(self, other: "BinTable") -> bool:
+    def same_as(self, other: BinTable) -> bool:
         return self.name == other.name and np.array_equal(self.centres, other.centres)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_bin_table(name: str) -> BinTable:
     """The bin table called `name`: 'zhang313' (default) or 'grid18'."""
     if name == "zhang313":
@@ -241,7 +241,7 @@ def get_bin_table(name: str) -> BinTable:
 BIN_TABLES = ("zhang313", "grid18")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rgb24_lookup(table_name: str) -> tuple[np.ndarray, np.ndarray]:
     """L (uint8 encoding) and bin index (uint16) of every 24-bit sRGB color.
 
@@ -328,7 +328,9 @@ def rebalance_weights(
 DECODE_METHODS = ("annealed", "argmax")
 
 
-def decode_ab(logits, centres: np.ndarray, method: str = "annealed", temperature: float = ANNEALED_T):
+def decode_ab(
+    logits, centres: np.ndarray, method: str = "annealed", temperature: float = ANNEALED_T
+):
     """Distribution over bins -> ab.
 
     Args:

@@ -168,7 +168,9 @@ def fit(
     counts = np.asarray(stats["bin_counts"], np.int64)
     train_side = cfg.crop or size
     if train_side > size or train_side % 8:
-        raise ValueError(f"crop: expected a multiple of 8 <= the shards' size {size}, got {cfg.crop}")
+        raise ValueError(
+            f"crop: expected a multiple of 8 <= the shards' size {size}, got {cfg.crop}"
+        )
 
     strategy = strategy or make_strategy()
     is_chief, worker_index = _worker_role(strategy)
@@ -186,15 +188,15 @@ def fit(
         record = dataclasses.asdict(cfg) | {"bin_table": table.name, "shards": str(shard_dir)}
         _atomic_write(saved_cfg, json.dumps(record, indent=2))
 
-    keras.mixed_precision.set_global_policy(
-        "float32" if cfg.precision == "fp32" else cfg.precision
-    )
+    keras.mixed_precision.set_global_policy("float32" if cfg.precision == "fp32" else cfg.precision)
     weights = color.rebalance_weights(counts, table, cfg.rebalance)
     prior = counts / counts.sum()
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise ValueError(f"batch_size {cfg.batch_size}: must divide by {replicas} replicas")
-    echo(f"Creating model (width {cfg.width:g}, {table.name}, {cfg.precision}, {replicas} replica(s))...")
+    echo(
+        f"Creating model (width {cfg.width:g}, {table.name}, {cfg.precision}, {replicas} replica(s))..."
+    )
     with strategy.scope():
         # input_size = the shards' side even when training on crops: objects keep the
         # scale they were seen at, and colorize resizes photos to that side.
@@ -223,11 +225,11 @@ def fit(
         echo(f"Resumed from {manager.latest_checkpoint} (step {int(opt.iterations.numpy())})")
 
     pipelines = max(1, getattr(strategy.extended, "_num_workers", 1))
-    per_replica = cfg.batch_size // replicas
     per_pipeline = cfg.batch_size // pipelines
-    steps_per_epoch = min(
-        dataset.count_images(train_paths, p, pipelines) for p in range(pipelines)
-    ) // per_pipeline
+    steps_per_epoch = (
+        min(dataset.count_images(train_paths, p, pipelines) for p in range(pipelines))
+        // per_pipeline
+    )
     if steps_per_epoch == 0:
         raise ValueError(
             f"{shard_dir}: fewer train images per worker than the batch size {cfg.batch_size}"
@@ -236,20 +238,7 @@ def fit(
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    @tf.function
-    def train_step(batch):
-        def step_fn(L, bins):
-            with tf.GradientTape() as tape:
-                logits = net(L, training=True)
-                per_image = loss_fn(bins, logits)
-                batch_loss = tf.nn.compute_average_loss(per_image, global_batch_size=cfg.batch_size)
-                scaled = opt.scale_loss(batch_loss)
-            grads = tape.gradient(scaled, net.trainable_variables)
-            opt.apply_gradients(zip(grads, net.trainable_variables, strict=True))
-            return batch_loss
-
-        per_rep = strategy.run(step_fn, args=batch)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_rep, axis=None)
+    train_step = make_train_step(strategy, net, opt, loss_fn, cfg.batch_size)
 
     board = monitor.Board(out_dir / "logs", enabled=is_chief)
     evaluate = monitor.Evaluator(net, loss_fn, table)
@@ -261,7 +250,9 @@ def fit(
     step = int(opt.iterations.numpy())
     last_saved = step
     started = time.monotonic()
-    echo(f"Training {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size}, from step {step}")
+    echo(
+        f"Training {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size}, from step {step}"
+    )
     while step < total_steps:
         epoch, skip = divmod(step, steps_per_epoch)
 
@@ -279,7 +270,9 @@ def fit(
             )
 
         dist = strategy.distribute_datasets_from_function(dataset_fn)
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "img/s"], verbose=1 if is_chief else 0)
+        bar = keras.utils.Progbar(
+            steps_per_epoch, stateful_metrics=["loss", "img/s"], verbose=1 if is_chief else 0
+        )
         bar.update(skip)
         tick, tick_step = time.monotonic(), step
         for batch in dist:
@@ -324,6 +317,33 @@ def fit(
     board.close()
     echo(f"Model written to {out_dir / 'model.keras'}")
     return out_dir / "model.keras"
+
+
+def make_train_step(strategy, net, opt, loss_fn, global_batch: int):
+    """The distributed step: (L, bins) per replica -> the global batch's mean loss.
+
+    Each replica's loss is `compute_average_loss` over the *global* batch, and the
+    optimizer all-reduces (sums) the gradients, so N replicas step exactly like one
+    device given the same global batch.
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def train_step(batch):
+        def step_fn(L, bins):
+            with tf.GradientTape() as tape:
+                logits = net(L, training=True)
+                per_image = loss_fn(bins, logits)
+                batch_loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch)
+                scaled = opt.scale_loss(batch_loss)
+            grads = tape.gradient(scaled, net.trainable_variables)
+            opt.apply_gradients(zip(grads, net.trainable_variables, strict=True))
+            return batch_loss
+
+        per_rep = strategy.run(step_fn, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_rep, axis=None)
+
+    return train_step
 
 
 def export_model(net, path: Path) -> None:

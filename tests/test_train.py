@@ -93,7 +93,9 @@ def test_nan_loss_stops_with_the_step(shard_dir, tmp_path, monkeypatch):
 def test_bin_table_mismatch_is_refused(shard_dir, tmp_path):
     other = model.build_model("grid18", width=0.0625, input_size=32)
     other.save(tmp_path / "grid.keras")
-    with pytest.raises(ValueError, match="bin table 'zhang313' does not match the model's 'grid18'"):
+    with pytest.raises(
+        ValueError, match="bin table 'zhang313' does not match the model's 'grid18'"
+    ):
         train.fit(shard_dir, tmp_path / "r1", _cfg(), init_model=tmp_path / "grid.keras")
     run = tmp_path / "r2"
     run.mkdir()
@@ -158,9 +160,7 @@ def test_kill_9_then_resume(shard_dir, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list((run / "ckpt").glob("ckpt-*.index")), "no checkpoint before the kill"
-    out = subprocess.run(
-        cmd[:-4] + ["--epochs", "3"], capture_output=True, text=True, timeout=300
-    )
+    out = subprocess.run(cmd[:-4] + ["--epochs", "3"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     resumed = [l for l in out.stdout.splitlines() if l.startswith("Resumed from")]
     assert resumed and int(resumed[0].split("(step ")[1].rstrip(")")) >= 6
@@ -190,9 +190,13 @@ def test_multi_worker_mirrored_two_processes(shard_dir, tmp_path):
             )
         }
         cmd = _fit_cmd(shard_dir, run, "--epochs", "2")
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (so, se) in zip(procs, outs, strict=True):
+    for p, (_so, se) in zip(procs, outs, strict=True):
         assert p.returncode == 0, se[-3000:]
     assert "2 replica(s)" in outs[0][0]
     chief = model.load_model(run / "model.keras").get_weights()
