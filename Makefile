@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test lint install install-dev bench clean
+.PHONY: demo demo-prep test lint install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/kcolor prep examples/photos work/demo-shards --workers 2
-	@echo "Shards written to work/demo-shards"
+	$(BIN)/kcolor colorize examples/demo/gray -o colorized
+	$(BIN)/python tools/contact_sheet.py examples/demo/gray colorized \
+		--truth examples/demo/truth -o colorized/contact-sheet.png
+	@echo "Colorized photos in colorized/, side by side in colorized/contact-sheet.png"
+
+demo-prep: install
+	$(BIN)/kcolor prep examples/photos work/demo-shards --size 128
 
 test: install-dev
 	$(BIN)/python -m pytest -q
