@@ -30,16 +30,49 @@ def main():
 @main.command()
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.argument("out", required=False, type=click.Path(path_type=Path))
-@click.option("--size", default=128, show_default=True, help="Side of the output images (short side resized, centre crop).")
-@click.option("--bin-table", default="zhang313", show_default=True, help="ab bins: zhang313 (the paper's) or grid18.")
-@click.option("--val-fraction", default=0.05, show_default=True, help="Share of a plain folder that goes to val (Miniplaces has val.txt).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the folder split and of the order of images in the shards.")
+@click.option(
+    "--size",
+    default=128,
+    show_default=True,
+    help="Side of the output images (short side resized, centre crop).",
+)
+@click.option(
+    "--bin-table",
+    default="zhang313",
+    show_default=True,
+    help="ab bins: zhang313 (the paper's) or grid18.",
+)
+@click.option(
+    "--val-fraction",
+    default=0.05,
+    show_default=True,
+    help="Share of a plain folder that goes to val (Miniplaces has val.txt).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    help="Seed of the folder split and of the order of images in the shards.",
+)
 @click.option("--workers", type=int, help="Worker processes.  [default: all cores]")
 @click.option("--shard-size", default=1024, show_default=True, help="Images per shard.")
 @click.option("--num-shards", type=int, help="Shards per split (instead of --shard-size).")
-@click.option("--shard-index", multiple=True, help="Write only these shards: I or I-J, repeatable (to split the work across machines).")
-@click.option("--strict", is_flag=True, help="Fail at the first bad input instead of skipping and reporting it.")
-@click.option("--merge-stats", "merge_dir", type=click.Path(path_type=Path), help="Only sum the train shards gathered in this folder into stats.json.")
+@click.option(
+    "--shard-index",
+    multiple=True,
+    help="Write only these shards: I or I-J, repeatable (to split the work across machines).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail at the first bad input instead of skipping and reporting it.",
+)
+@click.option(
+    "--merge-stats",
+    "merge_dir",
+    type=click.Path(path_type=Path),
+    help="Only sum the train shards gathered in this folder into stats.json.",
+)
 def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
     """Turn the photos in SOURCE into HDF5 shards of L and ab bins in OUT.
 
@@ -57,7 +90,9 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
     def progress(done, total):
         nonlocal bar, since
         if bar is None:
-            bar = click.progressbar(length=total, label="Preparing", file=sys.stderr, item_show_func=lambda s: s)
+            bar = click.progressbar(
+                length=total, label="Preparing", file=sys.stderr, item_show_func=lambda s: s
+            )
             bar.__enter__()
             since = (time.monotonic(), done)
         rate = (done - since[1]) / max(time.monotonic() - since[0], 1e-9)
@@ -68,7 +103,9 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
             if source is not None:
                 raise click.UsageError("--merge-stats takes only the folder of gathered shards")
             stats = prep_lib.merge_stats(merge_dir)
-            click.echo(f"Wrote {merge_dir / 'stats.json'}: {stats['images']:,} images in {stats['shards']} train shards, {stats['pixels']:,} pixels")
+            click.echo(
+                f"Wrote {merge_dir / 'stats.json'}: {stats['images']:,} images in {stats['shards']} train shards, {stats['pixels']:,} pixels"
+            )
             return
         if source is None or out is None:
             raise click.UsageError("expected SOURCE and OUT (or --merge-stats OUT)")
@@ -97,24 +134,67 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
 @main.command()
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON or TOML file of settings (flags override it).")
-@click.option("--width", type=float, help="Channel multiplier: 1.0 = the paper (32M params), 0.25 suits a CPU.  [default: 1.0]")
-@click.option("--batch-size", type=int, help="Global batch size, split over all replicas.  [default: 32]")
-@click.option("--epochs", type=int, help="Epochs to train in all (a resumed run continues to this).  [default: 10]")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON or TOML file of settings (flags override it).",
+)
+@click.option(
+    "--width",
+    type=float,
+    help="Channel multiplier: 1.0 = the paper (32M params), 0.25 suits a CPU.  [default: 1.0]",
+)
+@click.option(
+    "--batch-size", type=int, help="Global batch size, split over all replicas.  [default: 32]"
+)
+@click.option(
+    "--epochs",
+    type=int,
+    help="Epochs to train in all (a resumed run continues to this).  [default: 10]",
+)
 @click.option("--lr", type=float, help="AdamW learning rate.  [default: 3e-5]")
 @click.option("--beta-1", type=float, help="[default: 0.9]")
 @click.option("--beta-2", type=float, help="[default: 0.99]")
 @click.option("--weight-decay", type=float, help="[default: 1e-3]")
-@click.option("--rebalance", type=click.Choice(["zhang", "neglog", "none"]), help="Class rebalancing.  [default: zhang]")
-@click.option("--crop", type=int, help="Random training crop side (multiple of 8); 0 = full shard images.  [default: 0]")
-@click.option("--precision", type=click.Choice(["fp32", "mixed_bfloat16", "mixed_float16"]), help="[default: fp32]")
+@click.option(
+    "--rebalance",
+    type=click.Choice(["zhang", "neglog", "none"]),
+    help="Class rebalancing.  [default: zhang]",
+)
+@click.option(
+    "--crop",
+    type=int,
+    help="Random training crop side (multiple of 8); 0 = full shard images.  [default: 0]",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "mixed_bfloat16", "mixed_float16"]),
+    help="[default: fp32]",
+)
 @click.option("--seed", type=int, help="Data order and augmentation seed.  [default: 0]")
-@click.option("--checkpoint-every", type=int, help="Steps between checkpoints (also at each epoch end).  [default: 500]")
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    help="Steps between checkpoints (also at each epoch end).  [default: 500]",
+)
 @click.option("--val-images", type=int, help="Val images per evaluation, 0 = all.  [default: 512]")
 @click.option("--max-steps", type=int, help="Stop at this global step.  [default: no limit]")
-@click.option("--time-limit", type=float, help="Minutes to train in this invocation; rerun to resume.")
-@click.option("--init", "init_model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Start from the weights of a kcolor .keras model.")
-@click.option("--cpu-replicas", type=int, default=0, help="Split the CPU into N replicas (testing multi-replica code without GPUs).")
+@click.option(
+    "--time-limit", type=float, help="Minutes to train in this invocation; rerun to resume."
+)
+@click.option(
+    "--init",
+    "init_model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Start from the weights of a kcolor .keras model.",
+)
+@click.option(
+    "--cpu-replicas",
+    type=int,
+    default=0,
+    help="Split the CPU into N replicas (testing multi-replica code without GPUs).",
+)
 def fit(shards, run_dir, config_file, init_model, cpu_replicas, **flags):
     """Train the network from SHARDS (a `kcolor prep` folder) into RUN_DIR.
 
@@ -142,11 +222,29 @@ _SIZE_HELP = "Side the lightness is resized to for the network, rounded to a mul
 
 def _network_options(f):
     """--model, --size, --decode, --temperature and --batch-size (colorize and evaluate)."""
-    f = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Photos per network batch.")(f)
-    f = click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Annealed-mean temperature.  [default: 0.38, the paper's]")(f)
-    f = click.option("--decode", type=click.Choice(["annealed", "argmax"]), default="annealed", show_default=True, help="ab from the bin distribution: annealed mean or top bin.")(f)
+    f = click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        help="Photos per network batch.",
+    )(f)
+    f = click.option(
+        "--temperature",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Annealed-mean temperature.  [default: 0.38, the paper's]",
+    )(f)
+    f = click.option(
+        "--decode",
+        type=click.Choice(["annealed", "argmax"]),
+        default="annealed",
+        show_default=True,
+        help="ab from the bin distribution: annealed mean or top bin.",
+    )(f)
     f = click.option("--size", type=click.IntRange(min=1), help=_SIZE_HELP)(f)
-    return click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), help=_MODEL_HELP)(f)
+    return click.option(
+        "--model", "model_path", type=click.Path(exists=True, path_type=Path), help=_MODEL_HELP
+    )(f)
 
 
 def _load_colorizer(model_path, size, decode, temperature):
@@ -161,17 +259,44 @@ def _load_colorizer(model_path, size, decode, temperature):
 
 def _no_images(inputs, recursive) -> click.ClickException:
     hint = "" if recursive or not any(p.is_dir() for p in inputs) else " (-r looks into subfolders)"
-    return click.ClickException(f"no images (.jpg .png .webp .tif .bmp) in {', '.join(map(str, inputs))}{hint}")
+    return click.ClickException(
+        f"no images (.jpg .png .webp .tif .bmp) in {', '.join(map(str, inputs))}{hint}"
+    )
 
 
 @main.command()
-@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder.  [default: colorized/ in each input folder, beside each input file]")
-@click.option("-r", "--recursive", is_flag=True, help="Also colorize the photos in subfolders of folder inputs.")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "webp", "tiff", "bmp"]), help="Output format.  [default: the input's]")
-@click.option("--compare", is_flag=True, help="Also write NAME-compare.EXT: input | output side by side.")
+@click.argument(
+    "inputs",
+    metavar="INPUT...",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder.  [default: colorized/ in each input folder, beside each input file]",
+)
+@click.option(
+    "-r",
+    "--recursive",
+    is_flag=True,
+    help="Also colorize the photos in subfolders of folder inputs.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "jpeg", "webp", "tiff", "bmp"]),
+    help="Output format.  [default: the input's]",
+)
+@click.option(
+    "--compare", is_flag=True, help="Also write NAME-compare.EXT: input | output side by side."
+)
 @_network_options
-def colorize(inputs, out, recursive, fmt, compare, model_path, size, decode, temperature, batch_size):
+def colorize(
+    inputs, out, recursive, fmt, compare, model_path, size, decode, temperature, batch_size
+):
     """Colorize the photos INPUT (files and folders: JPEG, PNG, WebP, TIFF, BMP).
 
     Each output keeps its input's name, size and format (unless --format). With -o
@@ -203,7 +328,9 @@ def colorize(inputs, out, recursive, fmt, compare, model_path, size, decode, tem
         click.echo(line, err=True)
     done = len(jobs) + len(refused) - len(problems)
     where = f" -> {out}" if out else ""
-    click.echo(f"{done} colorized, {len(problems)} failed in {time.monotonic() - start:.1f} s{where}")
+    click.echo(
+        f"{done} colorized, {len(problems)} failed in {time.monotonic() - start:.1f} s{where}"
+    )
     if problems:
         sys.exit(1)
 
@@ -212,10 +339,25 @@ def colorize(inputs, out, recursive, fmt, compare, model_path, size, decode, tem
 
 
 @main.command()
-@click.argument("truth", metavar="TRUTH...", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("-r", "--recursive", is_flag=True, help="Also use the photos in subfolders of folder inputs.")
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N photos (in path order).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report (per photo and mean) to this JSON file.")
+@click.argument(
+    "truth",
+    metavar="TRUTH...",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+)
+@click.option(
+    "-r", "--recursive", is_flag=True, help="Also use the photos in subfolders of folder inputs."
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Evaluate only the first N photos (in path order)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report (per photo and mean) to this JSON file.",
+)
 @_network_options
 def evaluate(truth, recursive, limit, json_path, model_path, size, decode, temperature, batch_size):
     """Score the model on color photos TRUTH (files and folders) against gray.
@@ -252,7 +394,9 @@ def evaluate(truth, recursive, limit, json_path, model_path, size, decode, tempe
         try:
             metrics.write_json(report, json_path)
         except OSError as e:
-            raise click.ClickException(f"{json_path}: cannot write the report ({e.strerror or e})") from None
+            raise click.ClickException(
+                f"{json_path}: cannot write the report ({e.strerror or e})"
+            ) from None
         click.echo(f"Report written to {json_path}")
     if problems:
         click.echo(f"{len(problems)} of {len(paths)} photos failed", err=True)

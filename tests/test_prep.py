@@ -432,3 +432,15 @@ def test_unusable_source_or_out_fails_before_any_work(tmp_path):
     table = run_prep(photos, tmp_path / "out", "--bin-table", "grid19")
     assert table.exit_code == 1 and "grid19" in table.output
     assert not (tmp_path / "out").exists()
+
+
+def test_prep_never_imports_tensorflow(tmp_path):
+    photos = tmp_path / "photos"
+    write_photo_dir(photos, n=3, size=16)
+    code = (
+        "import sys; from kcolor import cli\n"
+        f"cli.main(['prep', {str(photos)!r}, {str(tmp_path / 'out')!r}, '--size', '16'],"
+        " standalone_mode=False)\n"
+        "assert 'tensorflow' not in sys.modules, 'prep imported TensorFlow'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
