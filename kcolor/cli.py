@@ -11,11 +11,16 @@ Each command imports its module lazily so that `kcolor --help` is instant
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from kcolor import __version__
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU feature notes) would bury the one-line
+# messages the commands print; users can still ask for it with TF_CPP_MIN_LOG_LEVEL=0.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
