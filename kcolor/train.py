@@ -222,6 +222,8 @@ def fit(
     )
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        # the checkpoint holds the learning rate too; a resumed run takes the configured one
+        opt.learning_rate = cfg.lr
         echo(f"Resumed from {manager.latest_checkpoint} (step {int(opt.iterations.numpy())})")
 
     pipelines = max(1, getattr(strategy.extended, "_num_workers", 1))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from click.testing import CliRunner
 from conftest import write_miniplaces
 
@@ -51,6 +52,10 @@ def test_short_fit_lowers_the_loss_and_resumes(shard_dir, tmp_path):
     train.fit(shard_dir, run, _cfg(epochs=15, lr=1e-2), echo=messages.append)
     assert any("Resumed from" in m and "(step 4)" in m for m in messages), messages
     after = _train_loss(run / "model.keras", shard_dir)
+    # the resumed run trained with its own --lr, not the one restored from the checkpoint
+    latest = tf.train.latest_checkpoint(str(run / "ckpt"))
+    lr = tf.train.load_variable(latest, "optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE")
+    assert lr == pytest.approx(1e-2)
     assert after < 0.9 * before, (before, after)
     saved = json.loads((run / "config.json").read_text())
     assert saved["epochs"] == 15 and saved["bin_table"] == "zhang313"
