@@ -215,9 +215,6 @@ class BinTable:
             "bin_centres": self.centres.astype(np.float32),
         }
 
-    def same_as(self, other: BinTable) -> bool:
-        return self.name == other.name and np.array_equal(self.centres, other.centres)
-
 
 @functools.cache
 def get_bin_table(name: str) -> BinTable:
