@@ -2,7 +2,7 @@
 
     kcolor prep SOURCE OUT     # prep.py plans the shards; make_shard fills one
 
-make_shard decodes the photos of one shard (sources.load_photo), looks up the
+make_shard decodes the photos of one shard (sources.load_rgbx), looks up the
 exact L and bin of every pixel in one table indexed by its 24-bit color, skips
 gray photos, and writes the shard with shards.write_shard. It runs in worker
 processes forked after the table is loaded (they share it) or in-process.
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kcolor import color, shards
-from kcolor.sources import GRAY_FRACTION, GRAY_SPREAD, Item, Problem, load_photo
+from kcolor.sources import GRAY_FRACTION, GRAY_SPREAD, Item, Problem, load_rgbx
 
 BATCH = 32  # images per table lookup (see make_shard)
 COLORED = np.uint32(1 << 24)  # flag in rgbx_lookup: the color is not (nearly) gray
@@ -141,12 +141,12 @@ def make_shard(slot: int) -> dict:
         if item.problem:
             report(item, item.problem)
         else:
-            img, problems = load_photo(os.path.join(st["source"], item.rel), size)
+            row = index[len(pending)]
+            loaded, problems = load_rgbx(os.path.join(st["source"], item.rel), size, row)
             for problem in problems:
                 report(item, problem)
-            if img is not None:
-                raw = img.tobytes("raw", "RGBX")  # r, g, b, 255: one uint32 per pixel
-                np.bitwise_and(np.frombuffer(raw, "<u4"), 0xFFFFFF, out=index[len(pending)])
+            if loaded:
+                np.bitwise_and(row, 0xFFFFFF, out=row)  # drop the X byte: r | g << 8 | b << 16
                 pending.append(item)
                 if len(pending) == BATCH:
                     look_up()

@@ -1,0 +1,82 @@
+"""sources.load_rgbx: the fast JPEG path gives exactly what PIL (load_photo) gives."""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import smooth_photo
+from PIL import Image
+
+from kcolor import sources
+
+SIZE = 32
+
+
+def rgbx_via_pil(path, size):
+    img, problems = sources.load_photo(path, size)
+    if img is None:
+        return None, problems
+    return np.frombuffer(img.tobytes("raw", "RGBX"), "<u4").copy(), problems
+
+
+def jpeg(path, rgb, **save):
+    Image.fromarray(rgb).save(path, "JPEG", **save)
+    return path
+
+
+@pytest.mark.parametrize(
+    "save",
+    [
+        {"quality": 90},  # 4:2:0
+        {"quality": 95, "subsampling": 0},  # 4:4:4
+        {"quality": 80, "subsampling": 1},  # 4:2:2
+        {"quality": 85, "progressive": True},
+        {"quality": 90, "optimize": True},
+    ],
+)
+def test_fast_jpeg_path_matches_pil_bit_for_bit(tmp_path, save):
+    rgb = smooth_photo(np.random.default_rng(1), SIZE)
+    path = jpeg(tmp_path / "a.jpg", rgb, **save)
+    out = np.zeros(SIZE * SIZE, np.uint32)
+    assert sources.load_rgbx(path, SIZE, out) == (True, [])
+    expected, problems = rgbx_via_pil(path, SIZE)
+    assert problems == []
+    np.testing.assert_array_equal(out & 0xFFFFFF, expected & 0xFFFFFF)
+
+
+def test_jpegs_the_fast_path_leaves_to_pil(tmp_path):
+    rng = np.random.default_rng(2)
+    # EXIF orientation 6 on a photo of the target size: PIL turns it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = tmp_path / "rotated.jpg"
+    Image.fromarray(smooth_photo(rng, SIZE)).save(rotated, "JPEG", quality=95, exif=exif.tobytes())
+    upright = np.asarray(Image.open(rotated).convert("RGB").transpose(Image.Transpose.ROTATE_270))
+    larger = jpeg(tmp_path / "larger.jpg", smooth_photo(rng, 2 * SIZE, 3 * SIZE))
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(smooth_photo(rng, SIZE)).convert("CMYK").save(cmyk, "JPEG")
+    for path in (rotated, larger, cmyk):
+        out = np.zeros(SIZE * SIZE, np.uint32)
+        loaded, problems = sources.load_rgbx(path, SIZE, out)
+        expected, expected_problems = rgbx_via_pil(path, SIZE)
+        assert loaded and problems == expected_problems, path.name
+        np.testing.assert_array_equal(out & 0xFFFFFF, expected & 0xFFFFFF)
+    assert [p.kind for p in sources.load_rgbx(cmyk, SIZE, out)[1]] == ["CMYK"]
+    sources.load_rgbx(rotated, SIZE, out)
+    np.testing.assert_array_equal(out.view(np.uint8).reshape(SIZE, SIZE, 4)[..., :3], upright)
+
+
+def test_bad_jpegs_get_the_same_problems_as_with_pil(tmp_path):
+    rgb = smooth_photo(np.random.default_rng(3), SIZE)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.jpg").write_bytes(data[:2] + b"\x00" * 200)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.jpg", "JPEG")
+    for name, kind in [("truncated.jpg", "corrupt"), ("garbage.jpg", "not an image"),
+                       ("gray.jpg", "grayscale"), ("missing.jpg", "missing")]:  # fmt: skip
+        path = tmp_path / name
+        loaded, problems = sources.load_rgbx(path, SIZE, np.zeros(SIZE * SIZE, np.uint32))
+        assert not loaded and problems == sources.load_photo(path, SIZE)[1], name
+        assert problems[-1].kind == kind, (name, problems)
