@@ -4,10 +4,13 @@
     >>> ds = dataset.train_dataset(shard_paths, batch_size=32, epoch=0, seed=0)
     >>> for L, bins in ds: ...   # (B, S, S, 1) float32 L in [0, 100], (B, S/4, S/4) int32
 
-Why h5py inside `from_generator` rather than a native reader: tensorflow-io (the
-only tf.data HDF5 reader) no longer loads on TensorFlow >= 2.18. The generator only
-does contiguous slab reads (thousands of images per call, GB/s); unbatching,
-shuffling, augmentation and batching run in tf.data's C++ runtime.
+How the shards are read: tensorflow-io (the only tf.data HDF5 reader) no longer loads
+on TensorFlow >= 2.18, and a Python generator (`from_generator`) holds the GIL, can
+deadlock when an iterator is dropped mid-epoch while a generator thread waits for the
+GIL, and competes with the training loop. But `kcolor prep` writes L and bins as
+contiguous, uncompressed HDF5 datasets: raw records at a fixed byte offset. So h5py
+only reads the offsets, and tf.data's native `FixedLengthRecordDataset` reads the
+records; reading, shuffling, augmentation and batching all run in tf.data's C++ runtime.
 
 The order of an epoch is a pure function of (seed, epoch, shard list), so a resumed
 run can skip to the exact batch it stopped at.
@@ -15,8 +18,11 @@ run can skip to the exact batch it stopped at.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -25,59 +31,81 @@ import tensorflow as tf
 from kcolor import color
 from kcolor.loss import subsample_bins
 
-SLAB = 256  # images per contiguous h5py read
+BLOCK = 256  # consecutive images taken from one shard before the next
 CYCLE = 4  # shards read in parallel (interleaved) -> shuffling across shards
 SHUFFLE_BUFFER = 2048  # images
 
 
-def _shard_length(path: Path) -> int:
+class _Layout(NamedTuple):
+    """Where one shard's records are: image count, byte offsets of L and bins, file size."""
+
+    n: int
+    L_offset: int
+    bins_offset: int
+    file_size: int
+
+
+def _layout(path: Path) -> _Layout:
     with h5py.File(path, "r") as f:
-        return int(f["L"].shape[0])
+        n = int(f["L"].shape[0])
+        offsets = []
+        for name, dtype in (("L", np.uint8), ("bins", np.uint16)):
+            ds = f[name]
+            offset = ds.id.get_offset()
+            if n and (offset is None or ds.dtype != np.dtype(dtype).newbyteorder("<")):
+                raise ValueError(
+                    f"{path}: dataset {name!r} is not a contiguous little-endian "
+                    f"{np.dtype(dtype).name} array; prepare the shards with `kcolor prep`"
+                )
+            offsets.append(offset or 0)
+    return _Layout(n, *offsets, os.path.getsize(path))
 
 
-def _read_slabs(path, start, stop):
-    """Yield (L, bins) slabs of images [start, stop) of one shard: uint8/uint16 arrays."""
-    path = path.decode() if isinstance(path, bytes) else str(path)
-    with h5py.File(path, "r") as f:
-        L, bins = f["L"], f["bins"]
-        for i in range(int(start), int(stop), SLAB):
-            j = min(i + SLAB, int(stop))
-            yield L[i:j], bins[i:j]
+Piece = tuple[Path, _Layout, int, int]  # shard, its layout, images [lo, hi)
 
 
-def _slab_dataset(path, start, stop, size):
-    spec = (
-        tf.TensorSpec((None, size, size), tf.uint8),
-        tf.TensorSpec((None, size, size), tf.uint16),
-    )
-    return tf.data.Dataset.from_generator(
-        _read_slabs, output_signature=spec, args=(path, start, stop)
-    )
-
-
-def _pieces(paths: Sequence[Path], part: int, parts: int) -> list[tuple[str, int, int]]:
+def _pieces(paths: Sequence[Path], part: int, parts: int) -> list[Piece]:
     """This input pipeline's share: whole shards when there are enough, else ranges."""
-    lengths = [_shard_length(p) for p in paths]
+    layouts = [(Path(p), _layout(p)) for p in paths]
     if parts == 1:
-        return [(str(p), 0, n) for p, n in zip(paths, lengths, strict=True)]
-    if len(paths) >= parts:
-        return [(str(p), 0, n) for p, n in list(zip(paths, lengths, strict=True))[part::parts]]
-    out = []
-    for p, n in zip(paths, lengths, strict=True):
-        lo, hi = n * part // parts, n * (part + 1) // parts
-        out.append((str(p), lo, hi))
-    return out
+        out = [(p, lay, 0, lay.n) for p, lay in layouts]
+    elif len(paths) >= parts:
+        out = [(p, lay, 0, lay.n) for p, lay in layouts[part::parts]]
+    else:
+        out = [(p, lay, lay.n * part // parts, lay.n * (part + 1) // parts) for p, lay in layouts]
+    return [piece for piece in out if piece[3] > piece[2]]
 
 
-def _pieces_dataset(pieces: list[tuple[str, int, int]]) -> tf.data.Dataset:
-    paths, lo, hi = zip(*pieces, strict=True)
+def _pieces_dataset(pieces: list[Piece], size: int) -> tf.data.Dataset:
+    """One element per piece: (path, then header and footer bytes around its L records,
+    then around its bins records)."""
+    rows = []
+    for path, lay, lo, hi in pieces:
+        row = [str(path)]
+        for offset, item in ((lay.L_offset, size * size), (lay.bins_offset, 2 * size * size)):
+            row += [offset + lo * item, lay.file_size - offset - hi * item]
+        rows.append(row)
+    paths, *bounds = zip(*rows, strict=True)
     return tf.data.Dataset.from_tensor_slices(
-        (list(paths), np.array(lo, np.int64), np.array(hi, np.int64))
+        (list(paths), *(np.array(b, np.int64) for b in bounds))
     )
+
+
+@tf.autograph.experimental.do_not_convert  # plain tf.data calls: nothing to convert
+def _records(path, L_head, L_foot, bins_head, bins_foot, size: int) -> tf.data.Dataset:
+    """(L, bins) images of one piece, uint8 and uint16 (S, S), read natively."""
+    read = tf.data.FixedLengthRecordDataset
+    L = read(path, size * size, L_head, L_foot).map(
+        lambda r: tf.reshape(tf.io.decode_raw(r, tf.uint8), (size, size))
+    )
+    bins = read(path, 2 * size * size, bins_head, bins_foot).map(
+        lambda r: tf.reshape(tf.io.decode_raw(r, tf.uint16, little_endian=True), (size, size))
+    )
+    return tf.data.Dataset.zip(L, bins)
 
 
 def count_images(paths: Sequence[Path], part: int = 0, parts: int = 1) -> int:
-    return sum(hi - lo for _, lo, hi in _pieces(paths, part, parts))
+    return sum(hi - lo for _, _, lo, hi in _pieces(paths, part, parts))
 
 
 def _augment(seed, crop: int, flip: bool):
@@ -135,14 +163,14 @@ def train_dataset(
     pieces = _pieces(paths, part, parts)
     rng = np.random.default_rng([seed, epoch, part])
     pieces = [pieces[i] for i in rng.permutation(len(pieces))]
-    ds = _pieces_dataset(pieces)
-    ds = ds.interleave(
-        lambda p, lo, hi: _slab_dataset(p, lo, hi, size),
+    ds = _pieces_dataset(pieces, size).interleave(
+        functools.partial(_records, size=size),
         cycle_length=CYCLE,
+        block_length=BLOCK,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    ds = ds.unbatch().shuffle(SHUFFLE_BUFFER, seed=int(rng.integers(2**31)))
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=int(rng.integers(2**31)))
     aug_seed = int(rng.integers(2**31))
     ds = ds.enumerate().map(
         _augment(aug_seed, crop if crop and crop < size else 0, flip=True),
@@ -161,8 +189,7 @@ def eval_dataset(
     """Validation batches in file order, full size, no augmentation (last batch kept)."""
     size = _image_size(paths)
     pieces = _pieces(paths, part, parts)
-    ds = _pieces_dataset(pieces)
-    ds = ds.flat_map(lambda p, lo, hi: _slab_dataset(p, lo, hi, size)).unbatch()
+    ds = _pieces_dataset(pieces, size).flat_map(functools.partial(_records, size=size))
     return ds.batch(batch_size).map(_to_model, tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

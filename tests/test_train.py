@@ -86,6 +86,36 @@ def test_pipeline_shapes_crops_and_flips(shard_dir):
     assert n0 + n1 == dataset.count_images(paths)
 
 
+def test_pipelines_read_exactly_the_shards(shard_dir):
+    paths = shards.list_shards(shard_dir, "train")
+    L, bins = dataset.load_arrays(paths, 10**6)  # h5py reads, the reference
+    expect_L = color.decode_l(L)[..., None]
+    got = list(dataset.eval_dataset(paths, 5).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), expect_L)
+    np.testing.assert_array_equal(
+        np.concatenate([g[1] for g in got]), loss.subsample_bins(bins.astype(np.int32))
+    )
+    # an epoch of training batches holds every image once, maybe flipped (batch 1: none dropped)
+    train_L = np.concatenate([b[0] for b in dataset.train_dataset(paths, 1, epoch=2)])
+
+    def canonical(images):  # the same key for an image and its mirror image
+        return sorted(max(a.tobytes(), a[:, ::-1].tobytes()) for a in images)
+
+    assert canonical(train_L) == canonical(expect_L)
+
+
+def test_shards_that_are_not_contiguous_are_refused(shard_dir, tmp_path):
+    import h5py
+
+    src = shards.list_shards(shard_dir, "train")[0]
+    bad = tmp_path / src.name
+    with h5py.File(src, "r") as f, h5py.File(bad, "w") as g:
+        for name in f:
+            g.create_dataset(name, data=f[name][()], compression="gzip" if name == "L" else None)
+    with pytest.raises(ValueError, match=f"{bad}: dataset 'L' is not a contiguous"):
+        dataset.count_images([bad])
+
+
 def test_nan_loss_stops_with_the_step(shard_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(
         color, "rebalance_weights", lambda counts, table, mode: np.full(table.size, np.nan)
