@@ -1,4 +1,5 @@
-"""Color science: sRGB <-> CIE Lab, ab bin tables, class rebalancing, decoding.
+"""Color science: sRGB <-> CIE Lab, ab bin tables, class rebalancing, decoding, and the
+fast 8-bit paths of photos (their lightness; Lab -> sRGB keeping lightness).
 
 Every color constant of kcolor is defined here, once, with its source.
 
@@ -100,6 +101,109 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     xyz = np.where(f > LAB_DELTA, f**3, (f - 16.0 / 116.0) / LAB_KAPPA)
     lin = (xyz * D65_WHITE.astype(np.float32)) @ RGB_FROM_XYZ.T.astype(np.float32)
     return linear_to_srgb(lin)
+
+
+# --- 8-bit photos: fast lightness, Lab -> sRGB keeping lightness ------------------
+
+GAMUT_STEPS = 8  # bisection steps of the chroma scale of out-of-gamut pixels (1/256 precision)
+# Linear -> 8-bit sRGB table size: 1/65535 steps move the 8-bit code by <= 0.05 (at black).
+SRGB_LUT_SIZE = 65536
+
+
+def _l_from_y(y: np.ndarray) -> np.ndarray:
+    """Relative luminance Y (D65 white Y = 1) -> CIE L in [0, 100], float32."""
+    f = np.where(y > LAB_EPSILON, np.cbrt(y), LAB_KAPPA * y + 16.0 / 116.0)
+    return (116.0 * f - 16.0).astype(np.float32)
+
+
+@functools.cache
+def _gray_l_lut(levels: int) -> np.ndarray:
+    """L of each gray level 0..levels-1 ((levels,) float32): gray sRGB has Y = linear(g)."""
+    g = np.arange(levels, dtype=np.float64) / (levels - 1)
+    return _l_from_y(srgb_to_linear(g).astype(np.float64))
+
+
+@functools.cache
+def _y_luts() -> np.ndarray:
+    """(3, 256) float32: each 8-bit channel's contribution to Y (row Y of XYZ_FROM_RGB)."""
+    lin = srgb_to_linear(np.arange(256) / 255.0).astype(np.float64)
+    weights = XYZ_FROM_RGB[1] / D65_WHITE[1]
+    return (weights[:, None] * lin[None, :]).astype(np.float32)
+
+
+def lightness(pixels: np.ndarray) -> np.ndarray:
+    """CIE L of pixels, equal to `rgb_to_lab(...)[..., 0]` but ~10x faster.
+
+    Args:
+        pixels: (H, W) uint8 or uint16 gray, or (H, W, 3) uint8 sRGB.
+    Returns:
+        (H, W) float32 L in [0, 100].
+    """
+    if pixels.ndim == 2:
+        return _gray_l_lut(256 if pixels.dtype == np.uint8 else 65536)[pixels]
+    lut = _y_luts()
+    y = lut[0][pixels[..., 0]]
+    y += lut[1][pixels[..., 1]]
+    y += lut[2][pixels[..., 2]]
+    return _l_from_y(y)
+
+
+# Linear sRGB from XYZ relative to the white (X/Xn, Y/Yn, Z/Zn): rows r, g, b, scaled to
+# sum to 1 (a change < 1e-4) so that a = b = 0 gives exactly gray (see _lab_to_linear).
+_RGB_FROM_XYZN = RGB_FROM_XYZ * D65_WHITE[None, :]
+_RGB_FROM_XYZN = (_RGB_FROM_XYZN / _RGB_FROM_XYZN.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _finv(f: np.ndarray) -> np.ndarray:
+    """Inverse Lab companding: f -> X/Xn (or Y/Yn, Z/Zn)."""
+    return np.where(f > LAB_DELTA, f * f * f, (f - np.float32(16 / 116)) / LAB_KAPPA)
+
+
+def _lab_to_linear(fy: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) fy = (L + 16) / 116, y = Y/Yn, a, b -> (3, N) float32 linear RGB, not clipped."""
+    dx = _finv(fy + a / np.float32(500)) - y  # both 0 for a = b = 0: r = g = b = y exactly
+    dz = _finv(fy - b / np.float32(200)) - y
+    return np.stack([y + m[0] * dx + m[2] * dz for m in _RGB_FROM_XYZN])
+
+
+def _outside(lin: np.ndarray) -> np.ndarray:
+    tol = np.float32(1e-4)  # float error of the conversion; gray must count as inside
+    return ((lin < -tol) | (lin > 1 + tol)).any(0)
+
+
+def lab_to_rgb8(L: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    """CIE Lab -> 8-bit sRGB keeping L: out-of-gamut colors are desaturated until they fit.
+
+    (lab_to_rgb clips each channel instead, which changes L near black and white.)
+
+    Args:
+        L: (...) float L in [0, 100]; ab: (..., 2) float.
+    Returns:
+        (..., 3) uint8 sRGB.
+    """
+    shape = np.shape(L)
+    fy = (np.asarray(L, np.float32).reshape(-1) + np.float32(16)) / np.float32(116)
+    a, b = np.asarray(ab, np.float32).reshape(-1, 2).T
+    y = _finv(fy)
+    lin = _lab_to_linear(fy, y, a, b)
+    out = np.flatnonzero(_outside(lin))
+    if out.size:
+        fo, yo, ao, bo = fy[out], y[out], a[out], b[out]
+        lo, hi = np.zeros(out.size, np.float32), np.ones(out.size, np.float32)
+        for _ in range(GAMUT_STEPS):  # largest chroma scale in gamut; 0 (gray) always is
+            mid = (lo + hi) / 2
+            fits = ~_outside(_lab_to_linear(fo, yo, ao * mid, bo * mid))
+            lo, hi = np.where(fits, mid, lo), np.where(fits, hi, mid)
+        lin[:, out] = _lab_to_linear(fo, yo, ao * lo, bo * lo)
+    idx = np.rint(np.clip(lin.T, 0, 1) * np.float32(SRGB_LUT_SIZE - 1)).astype(np.int32)
+    return _srgb8_lut()[idx].reshape(*shape, 3)
+
+
+@functools.cache
+def _srgb8_lut() -> np.ndarray:
+    """8-bit sRGB code of linear values i / (SRGB_LUT_SIZE - 1): 20x faster than the pow."""
+    lin = np.arange(SRGB_LUT_SIZE, dtype=np.float64) / (SRGB_LUT_SIZE - 1)
+    return np.rint(linear_to_srgb(lin) * 255.0).astype(np.uint8)
 
 
 # --- sRGB <-> Lab, TensorFlow (for tf.data and the model) -------------------

@@ -9,14 +9,13 @@ Used by `kcolor colorize` (kcolor.infer) and `kcolor evaluate` (kcolor.metrics).
 Full-resolution work runs in row strips of STRIP_PIXELS, so a 50-megapixel photo
 needs its decoded pixels and its output plus a bounded amount of float temporaries.
 Colors outside the sRGB gamut lose chroma (not lightness) until they fit, so the
-output's L is the input's (color.lab_to_rgb clips channels instead, changing L).
+output's L is the input's (color.lab_to_rgb8; color.lab_to_rgb clips channels instead).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,9 +36,6 @@ IMAGE_SUFFIXES = {
     ".bmp": "BMP",
 }
 STRIP_PIXELS = 1 << 20  # pixels per row strip: ~50 MB of float temporaries
-GAMUT_STEPS = 8  # bisection steps of the chroma scale of out-of-gamut pixels (1/256 precision)
-# Linear -> 8-bit sRGB table size: 1/65535 steps move the 8-bit code by <= 0.05 (at black).
-SRGB_LUT_SIZE = 65536
 COMPARE_MAX_SIDE = 2048  # each panel of a --compare image is shrunk to fit this
 SAVE_OPTIONS = {
     "JPEG": {"quality": 95},
@@ -113,47 +109,6 @@ def describe_error(exc: BaseException) -> str:
     return text[:300]
 
 
-# --- lightness -----------------------------------------------------------------------
-
-
-def _l_from_y(y: np.ndarray) -> np.ndarray:
-    """Relative luminance Y (D65 white Y = 1) -> CIE L in [0, 100], float32."""
-    f = np.where(y > color.LAB_EPSILON, np.cbrt(y), color.LAB_KAPPA * y + 16.0 / 116.0)
-    return (116.0 * f - 16.0).astype(np.float32)
-
-
-@functools.cache
-def _gray_l_lut(levels: int) -> np.ndarray:
-    """L of each gray level 0..levels-1 ((levels,) float32): gray sRGB has Y = linear(g)."""
-    g = np.arange(levels, dtype=np.float64) / (levels - 1)
-    return _l_from_y(color.srgb_to_linear(g).astype(np.float64))
-
-
-@functools.cache
-def _y_luts() -> np.ndarray:
-    """(3, 256) float32: each 8-bit channel's contribution to Y (row Y of XYZ_FROM_RGB)."""
-    lin = color.srgb_to_linear(np.arange(256) / 255.0).astype(np.float64)
-    weights = color.XYZ_FROM_RGB[1] / color.D65_WHITE[1]
-    return (weights[:, None] * lin[None, :]).astype(np.float32)
-
-
-def lightness(pixels: np.ndarray) -> np.ndarray:
-    """CIE L of pixels, equal to `color.rgb_to_lab(...)[..., 0]` but ~10x faster.
-
-    Args:
-        pixels: (H, W) uint8 or uint16 gray, or (H, W, 3) uint8 sRGB.
-    Returns:
-        (H, W) float32 L in [0, 100].
-    """
-    if pixels.ndim == 2:
-        return _gray_l_lut(256 if pixels.dtype == np.uint8 else 65536)[pixels]
-    lut = _y_luts()
-    y = lut[0][pixels[..., 0]]
-    y += lut[1][pixels[..., 1]]
-    y += lut[2][pixels[..., 2]]
-    return _l_from_y(y)
-
-
 def row_strips(height: int, width: int) -> Iterator[tuple[int, int]]:
     """(first row, end row) of strips of about STRIP_PIXELS pixels covering the image."""
     rows = max(1, STRIP_PIXELS // max(width, 1))
@@ -174,7 +129,7 @@ def net_lightness(photo: Photo, side: int) -> np.ndarray:
     width, height = photo.size
     narrow = np.empty((height, side), np.float32)  # (H, side): small
     for r0, r1 in row_strips(height, width):
-        strip = Image.fromarray(lightness(_rows(photo.image, r0, r1)))
+        strip = Image.fromarray(color.lightness(_rows(photo.image, r0, r1)))
         narrow[r0:r1] = np.asarray(strip.resize((side, r1 - r0), Image.BILINEAR))
     return np.asarray(Image.fromarray(narrow).resize((side, side), Image.BILINEAR))
 
@@ -187,64 +142,6 @@ def _taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
     i0 = np.floor(src).astype(np.int64)
     return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
-
-
-# Linear sRGB from XYZ relative to the white (X/Xn, Y/Yn, Z/Zn): rows r, g, b, scaled to
-# sum to 1 (a change < 1e-4) so that a = b = 0 gives exactly gray (see _lab_to_linear).
-_RGB_FROM_XYZN = color.RGB_FROM_XYZ * color.D65_WHITE[None, :]
-_RGB_FROM_XYZN = (_RGB_FROM_XYZN / _RGB_FROM_XYZN.sum(1, keepdims=True)).astype(np.float32)
-
-
-def _finv(f: np.ndarray) -> np.ndarray:
-    """Inverse Lab companding: f -> X/Xn (or Y/Yn, Z/Zn)."""
-    return np.where(f > color.LAB_DELTA, f * f * f, (f - np.float32(16 / 116)) / color.LAB_KAPPA)
-
-
-def _lab_to_linear(fy: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N,) fy = (L + 16) / 116, y = Y/Yn, a, b -> (3, N) float32 linear RGB, not clipped."""
-    dx = _finv(fy + a / np.float32(500)) - y  # both 0 for a = b = 0: r = g = b = y exactly
-    dz = _finv(fy - b / np.float32(200)) - y
-    return np.stack([y + m[0] * dx + m[2] * dz for m in _RGB_FROM_XYZN])
-
-
-def _outside(lin: np.ndarray) -> np.ndarray:
-    tol = np.float32(1e-4)  # float error of the conversion; gray must count as inside
-    return ((lin < -tol) | (lin > 1 + tol)).any(0)
-
-
-def lab_to_rgb8(L: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """CIE Lab -> 8-bit sRGB keeping L: out-of-gamut colors are desaturated until they fit.
-
-    (color.lab_to_rgb clips each channel instead, which changes L near black and white.)
-
-    Args:
-        L: (...) float L in [0, 100]; ab: (..., 2) float.
-    Returns:
-        (..., 3) uint8 sRGB.
-    """
-    shape = np.shape(L)
-    fy = (np.asarray(L, np.float32).reshape(-1) + np.float32(16)) / np.float32(116)
-    a, b = np.asarray(ab, np.float32).reshape(-1, 2).T
-    y = _finv(fy)
-    lin = _lab_to_linear(fy, y, a, b)
-    out = np.flatnonzero(_outside(lin))
-    if out.size:
-        fo, yo, ao, bo = fy[out], y[out], a[out], b[out]
-        lo, hi = np.zeros(out.size, np.float32), np.ones(out.size, np.float32)
-        for _ in range(GAMUT_STEPS):  # largest chroma scale in gamut; 0 (gray) always is
-            mid = (lo + hi) / 2
-            fits = ~_outside(_lab_to_linear(fo, yo, ao * mid, bo * mid))
-            lo, hi = np.where(fits, mid, lo), np.where(fits, hi, mid)
-        lin[:, out] = _lab_to_linear(fo, yo, ao * lo, bo * lo)
-    idx = np.rint(np.clip(lin.T, 0, 1) * np.float32(SRGB_LUT_SIZE - 1)).astype(np.int32)
-    return _srgb8_lut()[idx].reshape(*shape, 3)
-
-
-@functools.cache
-def _srgb8_lut() -> np.ndarray:
-    """8-bit sRGB code of linear values i / (SRGB_LUT_SIZE - 1): 20x faster than the pow."""
-    lin = np.arange(SRGB_LUT_SIZE, dtype=np.float64) / (SRGB_LUT_SIZE - 1)
-    return np.rint(color.linear_to_srgb(lin) * 255.0).astype(np.uint8)
 
 
 def compose(photo: Photo, ab_low: np.ndarray, workers: int = 1) -> Image.Image:
@@ -269,7 +166,7 @@ def compose(photo: Photo, ab_low: np.ndarray, workers: int = 1) -> Image.Image:
         r0, r1 = rows
         t = wy[r0:r1, None, None]
         ab = cols[y0[r0:r1]] * (1 - t) + cols[y1[r0:r1]] * t
-        rgb = lab_to_rgb8(lightness(_rows(photo.image, r0, r1)), ab)
+        rgb = color.lab_to_rgb8(color.lightness(_rows(photo.image, r0, r1)), ab)
         return r0, Image.fromarray(rgb)
 
     strips = row_strips(height, width)

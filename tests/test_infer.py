@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from kcolor import cli, infer, model, photo
+from kcolor import cli, color, infer, model, photo
 
 RNG = np.random.default_rng(0)
 
@@ -37,7 +37,7 @@ def run(*args):
 
 def l_of(path):
     """L of an image file as kcolor reads it (upright), (H, W) float32."""
-    return photo.lightness(np.asarray(photo.open_photo(path).image))
+    return color.lightness(np.asarray(photo.open_photo(path).image))
 
 
 # --- library -------------------------------------------------------------------------
@@ -64,9 +64,9 @@ def test_colorize_mixed_sizes_in_one_batch(colorizer):
 def test_color_and_gray_versions_get_the_same_colors(colorizer):
     # Only the lightness is used: a color photo and a 16-bit gray photo of its L agree.
     rgb = smooth(24, 24)
-    L = photo.lightness(rgb)
-    g16 = np.searchsorted(photo._gray_l_lut(65536), L).clip(0, 65535).astype(np.uint16)
-    assert np.abs(photo.lightness(g16) - L).max() < 0.01
+    L = color.lightness(rgb)
+    g16 = np.searchsorted(color._gray_l_lut(65536), L).clip(0, 65535).astype(np.uint16)
+    assert np.abs(color.lightness(g16) - L).max() < 0.01
     a, b = (
         np.asarray(colorizer.colorize([photo.photo_from_image(Image.fromarray(x))])[0])
         for x in (rgb, g16)

@@ -12,18 +12,18 @@ RNG = np.random.default_rng(0)
 
 def test_lightness_matches_rgb_to_lab():
     rgb = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    np.testing.assert_allclose(photo.lightness(rgb), color.rgb_to_lab(rgb)[..., 0], atol=1e-4)
+    np.testing.assert_allclose(color.lightness(rgb), color.rgb_to_lab(rgb)[..., 0], atol=1e-4)
     gray = RNG.integers(0, 256, (7, 9), dtype=np.uint8)
     as_rgb = np.repeat(gray[..., None], 3, -1)
-    np.testing.assert_allclose(photo.lightness(gray), color.rgb_to_lab(as_rgb)[..., 0], atol=1e-4)
+    np.testing.assert_allclose(color.lightness(gray), color.rgb_to_lab(as_rgb)[..., 0], atol=1e-4)
     g16 = RNG.integers(0, 65536, (7, 9), dtype=np.uint16)
     as_rgb = np.repeat(g16[..., None], 3, -1) / 65535.0
-    np.testing.assert_allclose(photo.lightness(g16), color.rgb_to_lab(as_rgb)[..., 0], atol=1e-4)
+    np.testing.assert_allclose(color.lightness(g16), color.rgb_to_lab(as_rgb)[..., 0], atol=1e-4)
 
 
 def test_net_lightness_in_strips_equals_one_resize(monkeypatch):
     rgb = RNG.integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    whole = Image.fromarray(photo.lightness(rgb)).resize((16, 16), Image.BILINEAR)
+    whole = Image.fromarray(color.lightness(rgb)).resize((16, 16), Image.BILINEAR)
     monkeypatch.setattr(photo, "STRIP_PIXELS", 300)  # 4 rows per strip
     small = photo.net_lightness(photo.photo_from_image(Image.fromarray(rgb)), 16)
     assert small.shape == (16, 16) and small.dtype == np.float32
@@ -41,21 +41,21 @@ def test_compose_upsamples_like_tf_resize_and_keeps_l(monkeypatch):
     lab = color.rgb_to_lab(out)
     want = tf.image.resize(ab_low[None], (45, 37), method="bilinear").numpy()[0]
     assert np.abs(lab[..., 1:] - want).max() < 2.5  # 8-bit rounding
-    assert np.abs(lab[..., 0] - photo.lightness(np.asarray(p.image))).max() < 0.6
+    assert np.abs(lab[..., 0] - color.lightness(np.asarray(p.image))).max() < 0.6
 
 
 def test_lab_to_rgb8_keeps_l_out_of_gamut_and_gray_is_exact():
     L = RNG.uniform(0, 100, 5000).astype(np.float32)
     ab = RNG.uniform(-110, 110, (5000, 2)).astype(np.float32)
-    rgb = photo.lab_to_rgb8(L, ab)
+    rgb = color.lab_to_rgb8(L, ab)
     assert np.abs(color.rgb_to_lab(rgb)[..., 0] - L).max() < 0.6
-    gray = photo.lab_to_rgb8(L, np.zeros_like(ab))
+    gray = color.lab_to_rgb8(L, np.zeros_like(ab))
     assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
     # in gamut: the same colors as color.lab_to_rgb (up to one 8-bit step)
     small = ab * 0.05
     ref = np.rint(color.lab_to_rgb(np.concatenate([L[:, None], small], 1)) * 255)
     inside = (L > 20) & (L < 80)
-    assert np.abs(photo.lab_to_rgb8(L, small)[inside] - ref[inside]).max() <= 1
+    assert np.abs(color.lab_to_rgb8(L, small)[inside] - ref[inside]).max() <= 1
 
 
 @pytest.mark.parametrize(
