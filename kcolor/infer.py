@@ -232,7 +232,7 @@ def _load(job: Job, side: int) -> tuple[Photo, np.ndarray]:
 
 def _finish(job: Job, photo: Photo, ab_low: np.ndarray, workers: int) -> None:
     out = compose(photo, ab_low, workers)
-    save_image(out, job.dst, job.fmt)
+    save_image(out, job.dst, job.fmt, photo.exif)
     if job.compare is not None:
         save_image(compare_image(photo, out), job.compare, job.fmt)
 

@@ -55,11 +55,14 @@ class Photo:
         lightness is used, so a color photo is colorized anew.
     alpha: the alpha channel (mode 'L') or None; it is copied to the output.
     format: the PIL format of the file it came from, or None.
+    exif: the file's EXIF block (date, camera, captions...), orientation removed since
+        the image is upright, or None; it is copied to JPEG, PNG and WebP outputs.
     """
 
     image: Image.Image
     alpha: Image.Image | None = None
     format: str | None = None
+    exif: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -69,7 +72,8 @@ class Photo:
 def photo_from_image(img: Image.Image, fmt: str | None = None) -> Photo:
     """Any PIL image (gray, RGB, RGBA, palette, 16-bit, CMYK...) -> a Photo."""
     img.load()
-    ImageOps.exif_transpose(img, in_place=True)
+    ImageOps.exif_transpose(img, in_place=True)  # also drops the orientation tag
+    exif = img.info.get("exif") or None
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
     if img.mode == "1":
@@ -86,7 +90,7 @@ def photo_from_image(img: Image.Image, fmt: str | None = None) -> Photo:
         img = img.convert("L" if img.mode[0] == "L" else "RGB")
     if img.mode not in ("L", "I;16", "RGB"):
         img = img.convert("RGB")
-    return Photo(img, alpha, fmt)
+    return Photo(img, alpha, fmt, exif)
 
 
 def open_photo(path: str | os.PathLike) -> Photo:
@@ -197,8 +201,12 @@ def compare_image(photo: Photo, out: Image.Image) -> Image.Image:
     return pair
 
 
-def save_image(img: Image.Image, path: Path, fmt: str) -> None:
-    """Write atomically (temporary file, then rename) in PIL format `fmt`."""
+EXIF_FORMATS = ("JPEG", "PNG", "WEBP")  # outputs that carry the input's EXIF block
+
+
+def save_image(img: Image.Image, path: Path, fmt: str, exif: bytes | None = None) -> None:
+    """Write atomically (temporary file, then rename) in PIL format `fmt`, with the EXIF
+    block `exif` where the format takes one (EXIF_FORMATS)."""
     if not path.parent.is_dir():
         if path.parent.exists() or any(p.is_file() for p in path.parent.parents):
             raise OSError(f"cannot write {path}: {path.parent} is not a folder")
@@ -207,7 +215,10 @@ def save_image(img: Image.Image, path: Path, fmt: str) -> None:
         img = img.convert("RGB")  # JPEG has no alpha
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        img.save(tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+        options = dict(SAVE_OPTIONS.get(fmt, {}))
+        if exif and fmt in EXIF_FORMATS:
+            options["exif"] = exif
+        img.save(tmp, format=fmt, **options)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -157,6 +157,28 @@ def test_sizes_and_modes_keep_size_and_lightness(tmp_path, model_path):
         np.testing.assert_array_equal(np.asarray(img)[..., 3], smooth(20, 30, 4)[..., 3])
 
 
+def test_exif_is_kept_and_orientation_dropped(tmp_path, model_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored rotated
+    exif[0x0110] = "Old Camera"  # model
+    exif[0x010E] = "Grandma, 1952"  # image description
+    Image.fromarray(smooth(16, 40)).save(src / "a.jpg", exif=exif, quality=95)
+    Image.fromarray(smooth(16, 40)).save(src / "b.png", exif=exif)
+    Image.fromarray(smooth(16, 40)).save(src / "plain.jpg", quality=95)
+    result = run(src, "--model", model_path, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    for name in ("a.jpg", "b.png"):
+        with Image.open(tmp_path / "out" / name) as img:
+            assert img.size == (16, 40), name  # upright, so no orientation tag is needed
+            kept = img.getexif()
+            assert kept.get(0x0110) == "Old Camera" and kept.get(0x010E) == "Grandma, 1952"
+            assert kept.get(0x0112, 1) == 1, name
+    with Image.open(tmp_path / "out" / "plain.jpg") as img:
+        assert not img.getexif()
+
+
 def test_bad_inputs_fail_alone(tmp_path, model_path):
     src = tmp_path / "in"
     src.mkdir()
