@@ -111,6 +111,7 @@ def count_images(paths: Sequence[Path], part: int = 0, parts: int = 1) -> int:
 def _augment(seed, crop: int, flip: bool):
     """Random crop to `crop` and horizontal flip of one image, stateless-seeded."""
 
+    @tf.autograph.experimental.do_not_convert  # tf.cond already: nothing to convert
     def fn(index, example):
         L, bins = example
         s = tf.stack([tf.cast(seed, tf.int64), index])
@@ -132,6 +133,7 @@ def _augment(seed, crop: int, flip: bool):
     return fn
 
 
+@tf.autograph.experimental.do_not_convert
 def _to_model(L, bins):
     """Batch of uint8 L / uint16 bins -> ((B,S,S,1) float32 L in [0,100], (B,S/4,S/4) int32)."""
     L = tf.cast(L, tf.float32)[..., None] / color.L_UINT8_SCALE

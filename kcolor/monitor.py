@@ -59,7 +59,9 @@ class Evaluator:
         centres = tf.constant(table.centres)
         thresholds = tf.constant(AUC_THRESHOLDS)
 
-        @tf.function(reduce_retracing=True)
+        # autograph=False: plain TF ops, nothing to convert, so no source is read at trace
+        # time (a kcolor upgraded under a running fit cannot break its first evaluation)
+        @tf.function(reduce_retracing=True, autograph=False)
         def step(L, bins):
             logits = tf.cast(net(L, training=False), tf.float32)
             per_image = loss_fn(bins, logits)

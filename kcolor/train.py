@@ -347,7 +347,7 @@ def make_train_step(strategy, net, opt, loss_fn, global_batch: int):
     """
     import tensorflow as tf
 
-    @tf.function
+    @tf.function(autograph=False)  # plain TF ops: no source to convert at trace time
     def train_step(batch):
         def step_fn(L, bins):
             with tf.GradientTape() as tape:
