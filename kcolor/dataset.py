@@ -85,10 +85,9 @@ def _pieces_dataset(pieces: list[Piece], size: int) -> tf.data.Dataset:
         for offset, item in ((lay.L_offset, size * size), (lay.bins_offset, 2 * size * size)):
             row += [offset + lo * item, lay.file_size - offset - hi * item]
         rows.append(row)
-    paths, *bounds = zip(*rows, strict=True)
-    return tf.data.Dataset.from_tensor_slices(
-        (list(paths), *(np.array(b, np.int64) for b in bounds))
-    )
+    bounds = np.array([row[1:] for row in rows], np.int64).reshape(-1, 4)  # none: (0, 4)
+    paths = tf.constant([row[0] for row in rows], tf.string, shape=[len(rows)])
+    return tf.data.Dataset.from_tensor_slices((paths, *bounds.T))
 
 
 @tf.autograph.experimental.do_not_convert  # plain tf.data calls: nothing to convert

@@ -104,6 +104,17 @@ def test_pipelines_read_exactly_the_shards(shard_dir):
     assert canonical(train_L) == canonical(expect_L)
 
 
+def test_a_shard_without_images_gives_no_batches(tmp_path):
+    import h5py
+
+    path = tmp_path / "val-00000-of-00001.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("L", shape=(0, 32, 32), dtype=np.uint8)
+        f.create_dataset("bins", shape=(0, 32, 32), dtype=np.uint16)
+    assert dataset.count_images([path]) == 0
+    assert list(dataset.eval_dataset([path], 4)) == []
+
+
 def test_shards_that_are_not_contiguous_are_refused(shard_dir, tmp_path):
     import h5py
 
