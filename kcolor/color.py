@@ -66,6 +66,16 @@ def linear_to_srgb(lin: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def _lab_f(t: np.ndarray) -> np.ndarray:
+    """Lab companding: X/Xn (or Y/Yn, Z/Zn) -> f."""
+    return np.where(t > LAB_EPSILON, np.cbrt(t), LAB_KAPPA * t + 16.0 / 116.0)
+
+
+def _lab_finv(f: np.ndarray) -> np.ndarray:
+    """Inverse Lab companding: f -> X/Xn (or Y/Yn, Z/Zn)."""
+    return np.where(f > LAB_DELTA, f * f * f, (f - np.float32(16 / 116)) / LAB_KAPPA)
+
+
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB -> CIE Lab (D65).
 
@@ -78,7 +88,7 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype == np.uint8:
         rgb = rgb.astype(np.float32) / 255.0
     xyz = srgb_to_linear(rgb) @ (XYZ_FROM_RGB / D65_WHITE[:, None]).T.astype(np.float32)
-    f = np.where(xyz > LAB_EPSILON, np.cbrt(xyz), LAB_KAPPA * xyz + 16.0 / 116.0)
+    f = _lab_f(xyz)
     L = 116.0 * f[..., 1] - 16.0
     a = 500.0 * (f[..., 0] - f[..., 1])
     b = 200.0 * (f[..., 1] - f[..., 2])
@@ -98,7 +108,7 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     fx = fy + lab[..., 1] / 500.0
     fz = np.maximum(fy - lab[..., 2] / 200.0, 0.0)
     f = np.stack([fx, fy, fz], axis=-1)
-    xyz = np.where(f > LAB_DELTA, f**3, (f - 16.0 / 116.0) / LAB_KAPPA)
+    xyz = _lab_finv(f)
     lin = (xyz * D65_WHITE.astype(np.float32)) @ RGB_FROM_XYZ.T.astype(np.float32)
     return linear_to_srgb(lin)
 
@@ -112,8 +122,7 @@ SRGB_LUT_SIZE = 65536
 
 def _l_from_y(y: np.ndarray) -> np.ndarray:
     """Relative luminance Y (D65 white Y = 1) -> CIE L in [0, 100], float32."""
-    f = np.where(y > LAB_EPSILON, np.cbrt(y), LAB_KAPPA * y + 16.0 / 116.0)
-    return (116.0 * f - 16.0).astype(np.float32)
+    return (116.0 * _lab_f(y) - 16.0).astype(np.float32)
 
 
 @functools.cache
@@ -154,15 +163,10 @@ _RGB_FROM_XYZN = RGB_FROM_XYZ * D65_WHITE[None, :]
 _RGB_FROM_XYZN = (_RGB_FROM_XYZN / _RGB_FROM_XYZN.sum(1, keepdims=True)).astype(np.float32)
 
 
-def _finv(f: np.ndarray) -> np.ndarray:
-    """Inverse Lab companding: f -> X/Xn (or Y/Yn, Z/Zn)."""
-    return np.where(f > LAB_DELTA, f * f * f, (f - np.float32(16 / 116)) / LAB_KAPPA)
-
-
 def _lab_to_linear(fy: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N,) fy = (L + 16) / 116, y = Y/Yn, a, b -> (3, N) float32 linear RGB, not clipped."""
-    dx = _finv(fy + a / np.float32(500)) - y  # both 0 for a = b = 0: r = g = b = y exactly
-    dz = _finv(fy - b / np.float32(200)) - y
+    dx = _lab_finv(fy + a / np.float32(500)) - y  # both 0 for a = b = 0: r = g = b = y exactly
+    dz = _lab_finv(fy - b / np.float32(200)) - y
     return np.stack([y + m[0] * dx + m[2] * dz for m in _RGB_FROM_XYZN])
 
 
@@ -184,7 +188,7 @@ def lab_to_rgb8(L: np.ndarray, ab: np.ndarray) -> np.ndarray:
     shape = np.shape(L)
     fy = (np.asarray(L, np.float32).reshape(-1) + np.float32(16)) / np.float32(116)
     a, b = np.asarray(ab, np.float32).reshape(-1, 2).T
-    y = _finv(fy)
+    y = _lab_finv(fy)
     lin = _lab_to_linear(fy, y, a, b)
     out = np.flatnonzero(_outside(lin))
     if out.size:

@@ -5,7 +5,8 @@
 SOURCE is a Miniplaces root (train.txt / val.txt listing paths under images/, each
 with a label) or any folder of images, split into train/val by a seeded hash of
 each path. `load_photo` turns one file into a size x size sRGB image or says why
-not (`load_rgbx`: the same, into an array, faster for JPEGs); problems are (kind, message) pairs that prep reports as `path: message`.
+not (`load_rgbx`: the same into an array, faster for JPEGs); problems are (kind,
+message) pairs that prep reports as `path: message`.
 
 Bad input, decided here: unreadable, missing, corrupt or truncated files, non-images,
 unsupported modes, grayscale photos (modes 1/L/I/F, or RGB with equal channels: they

@@ -226,7 +226,7 @@ def fit(
         opt.learning_rate = cfg.lr
         echo(f"Resumed from {manager.latest_checkpoint} (step {int(opt.iterations.numpy())})")
 
-    pipelines = max(1, getattr(strategy.extended, "_num_workers", 1))
+    pipelines = _input_pipelines(strategy)
     per_pipeline = cfg.batch_size // pipelines
     steps_per_epoch = (
         min(dataset.count_images(train_paths, p, pipelines) for p in range(pipelines))
@@ -321,6 +321,11 @@ def fit(
     return out_dir / "model.keras"
 
 
+def _input_pipelines(strategy) -> int:
+    """Input pipelines of a run: one per worker process."""
+    return max(1, getattr(strategy.extended, "_num_workers", 1))
+
+
 def distribute(strategy, dataset_fn):
     """The batches for `make_train_step`: `dataset_fn(tf.distribute.InputContext)`, spread
     over the replicas.
@@ -333,7 +338,7 @@ def distribute(strategy, dataset_fn):
     """
     import tensorflow as tf
 
-    if strategy.num_replicas_in_sync == 1 and getattr(strategy.extended, "_num_workers", 1) == 1:
+    if strategy.num_replicas_in_sync == 1 and _input_pipelines(strategy) == 1:
         return dataset_fn(tf.distribute.InputContext())
     return strategy.distribute_datasets_from_function(dataset_fn)
 
