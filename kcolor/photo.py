@@ -207,10 +207,10 @@ EXIF_FORMATS = ("JPEG", "PNG", "WEBP")  # outputs that carry the input's EXIF bl
 def save_image(img: Image.Image, path: Path, fmt: str, exif: bytes | None = None) -> None:
     """Write atomically (temporary file, then rename) in PIL format `fmt`, with the EXIF
     block `exif` where the format takes one (EXIF_FORMATS)."""
-    if not path.parent.is_dir():
-        if path.parent.exists() or any(p.is_file() for p in path.parent.parents):
-            raise OSError(f"cannot write {path}: {path.parent} is not a folder")
+    try:  # one call, no check-then-create: parallel saves make the folder at the same time
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OSError(f"cannot write {path}: {path.parent} is not a folder") from None
     if fmt == "JPEG" and img.mode == "RGBA":
         img = img.convert("RGB")  # JPEG has no alpha
     tmp = path.with_name(f".{path.name}.tmp")

@@ -129,3 +129,18 @@ def test_describe_error_is_one_line(tmp_path):
     with pytest.raises(OSError) as e:
         photo.open_photo(tmp_path / "n.jpg")
     assert photo.describe_error(e.value) == "not an image, or a format PIL cannot read"
+
+
+def test_parallel_saves_create_the_output_folder_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    img = Image.new("RGB", (4, 4), (10, 200, 30))
+    for trial in range(5):
+        folder = tmp_path / f"t{trial}" / "out"
+        with ThreadPoolExecutor(16) as pool:
+            paths = [folder / f"{i}.png" for i in range(64)]
+            list(pool.map(lambda path: photo.save_image(img, path, "PNG"), paths))
+        assert len(list(folder.iterdir())) == 64
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match="is not a folder"):
+        photo.save_image(img, tmp_path / "file" / "a.png", "PNG")
