@@ -159,6 +159,12 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
     help="Epochs to train in all (a resumed run continues to this).  [default: 10]",
 )
 @click.option("--lr", type=float, help="AdamW learning rate.  [default: 3e-5]")
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "cosine"]),
+    help="cosine: decay to 0 at the end of the last epoch.  [default: constant]",
+)
+@click.option("--warmup-steps", type=int, help="Steps of linear ramp up to --lr.  [default: 0]")
 @click.option("--beta-1", type=float, help="[default: 0.9]")
 @click.option("--beta-2", type=float, help="[default: 0.99]")
 @click.option("--weight-decay", type=float, help="[default: 1e-3]")

@@ -34,6 +34,8 @@ class FitConfig:
     batch_size: int = 32  # global batch, split over all replicas
     epochs: int = 10
     lr: float = 3e-5  # Adam(W) as in the paper: lr 3e-5, betas 0.9/0.99, weight decay 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at the last epoch's end)
+    warmup_steps: int = 0  # linear ramp from 0 to lr over the first steps
     beta_1: float = 0.9
     beta_2: float = 0.99
     weight_decay: float = 1e-3
@@ -54,6 +56,21 @@ class FitConfig:
 
 
 PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(cfg: FitConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of a run of `total_steps`.
+
+    A pure function of the step, so a resumed run continues the schedule exactly.
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        span = max(1, total_steps - cfg.warmup_steps)
+        done = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+    return cfg.lr
 
 
 class TrainingError(RuntimeError):
@@ -105,6 +122,10 @@ def _validate(cfg: FitConfig) -> None:
         raise ValueError(
             f"rebalance: expected one of {color.REBALANCE_MODES}, got {cfg.rebalance!r}"
         )
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"warmup_steps: expected >= 0, got {cfg.warmup_steps}")
     if cfg.crop % 8:
         raise ValueError(f"crop: expected a multiple of 8, got {cfg.crop}")
     if cfg.batch_size < 1 or cfg.width <= 0:
@@ -222,8 +243,6 @@ def fit(
     )
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        # the checkpoint holds the learning rate too; a resumed run takes the configured one
-        opt.learning_rate = cfg.lr
         echo(f"Resumed from {manager.latest_checkpoint} (step {int(opt.iterations.numpy())})")
 
     pipelines = _input_pipelines(strategy)
@@ -278,6 +297,10 @@ def fit(
         bar.update(skip)
         tick, tick_step = time.monotonic(), step
         for batch in dist:
+            # set before every step from the config, never taken from the checkpoint, so a
+            # resumed run follows its configured rate (a plain variable: no retracing)
+            lr = learning_rate(cfg, step, steps_per_epoch * cfg.epochs)
+            opt.learning_rate = lr
             loss_value = float(train_step(batch))
             step += 1
             if not math.isfinite(loss_value):
@@ -290,7 +313,11 @@ def fit(
             ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
             bar.update(step - epoch * steps_per_epoch, [("loss", loss_value), ("img/s", ips)])
             if step % cfg.log_every == 0:
-                board.scalars("train", step, {"loss": loss_value, "images_per_s": ips})
+                board.scalars(
+                    "train",
+                    step,
+                    {"loss": loss_value, "images_per_s": ips, "lr": lr},
+                )
                 tick, tick_step = now, step
             out_of_time = cfg.time_limit and (now - started) / 60 >= cfg.time_limit
             if step % cfg.checkpoint_every == 0 or out_of_time or step >= total_steps:

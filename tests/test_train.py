@@ -64,6 +64,41 @@ def test_short_fit_lowers_the_loss_and_resumes(shard_dir, tmp_path):
     assert list((run / "logs" / "train").iterdir()) and list((run / "logs" / "val").iterdir())
 
 
+def test_cosine_schedule_warms_up_decays_to_zero_and_is_a_function_of_the_step():
+    cfg = train.FitConfig(lr=1e-3, lr_schedule="cosine", warmup_steps=10)
+    rates = [train.learning_rate(cfg, s, 110) for s in range(110)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[10] == pytest.approx(1e-3)  # the peak, then the cosine
+    assert rates[60] == pytest.approx(5e-4)  # halfway through the decay
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert train.learning_rate(cfg, 110, 110) == 0.0
+    constant = train.FitConfig(lr=1e-3)
+    assert {train.learning_rate(constant, s, 110) for s in (0, 50, 109)} == {1e-3}
+
+
+def test_resumed_cosine_run_continues_the_schedule(shard_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(epochs=3, lr_schedule="cosine", warmup_steps=2)
+    train.fit(
+        shard_dir,
+        run,
+        _cfg(epochs=3, lr_schedule="cosine", warmup_steps=2, max_steps=5),
+        echo=lambda _m: None,
+    )
+    latest = tf.train.latest_checkpoint(str(run / "ckpt"))
+    lr = tf.train.load_variable(latest, "optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE")
+    steps_per_epoch = 16 // cfg.batch_size
+    # the checkpoint at step 5 was written after step 5 (index 4) ran at its rate
+    assert lr == pytest.approx(train.learning_rate(cfg, 4, 3 * steps_per_epoch))
+    train.fit(shard_dir, run, cfg, echo=lambda _m: None)
+    latest = tf.train.latest_checkpoint(str(run / "ckpt"))
+    lr = tf.train.load_variable(latest, "optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE")
+    assert lr == pytest.approx(
+        train.learning_rate(cfg, 3 * steps_per_epoch - 1, 3 * steps_per_epoch)
+    )
+    assert lr < cfg.lr / 10
+
+
 def test_resumed_epoch_continues_at_the_same_batch(shard_dir):
     paths = shards.list_shards(shard_dir, "train")
     full = [L.numpy() for L, _ in dataset.train_dataset(paths, 4, epoch=3, seed=7)]
