@@ -232,7 +232,8 @@ _SIZE_HELP = "Side the lightness is resized to for the network, rounded to a mul
 
 
 def _network_options(f):
-    """--model, --size, --decode, --temperature and --batch-size (colorize and evaluate)."""
+    """--model, --size, --decode, --temperature, --correction and --batch-size (colorize
+    and evaluate)."""
     f = click.option(
         "--batch-size",
         type=click.IntRange(min=1),
@@ -243,7 +244,14 @@ def _network_options(f):
     f = click.option(
         "--temperature",
         type=click.FloatRange(min=0, min_open=True),
-        help="Annealed-mean temperature.  [default: 0.38, the paper's]",
+        help="Annealed-mean temperature.  [default: the model's; 0.38, the paper's, unless `kcolor decoding` set another]",
+    )(f)
+    f = click.option(
+        "--correction",
+        type=click.FloatRange(0, 1),
+        help="Fraction of the class rebalancing divided out of the prediction before "
+        "decoding: 0 = as trained (the paper), 1 = fully; higher is more accurate and "
+        "less vivid.  [default: the model's]",
     )(f)
     f = click.option(
         "--decode",
@@ -258,12 +266,14 @@ def _network_options(f):
     )(f)
 
 
-def _load_colorizer(model_path, size, decode, temperature):
+def _load_colorizer(model_path, size, decode, temperature, correction):
     from kcolor import infer
 
     click.echo("Loading model...", err=True)
     try:
-        return infer.load_colorizer(model_path, size=size, decode=decode, temperature=temperature)
+        return infer.load_colorizer(
+            model_path, size=size, decode=decode, temperature=temperature, correction=correction
+        )
     except ValueError as e:
         raise click.ClickException(str(e)) from None
 
@@ -306,7 +316,17 @@ def _no_images(inputs, recursive) -> click.ClickException:
 )
 @_network_options
 def colorize(
-    inputs, out, recursive, fmt, compare, model_path, size, decode, temperature, batch_size
+    inputs,
+    out,
+    recursive,
+    fmt,
+    compare,
+    model_path,
+    size,
+    decode,
+    temperature,
+    correction,
+    batch_size,
 ):
     """Colorize the photos INPUT (files and folders: JPEG, PNG, WebP, TIFF, BMP).
 
@@ -325,7 +345,7 @@ def colorize(
     if not jobs and not refused:
         raise _no_images(inputs, recursive)
     problems = [f"{path}: {why}" for path, why in refused]
-    colorizer = _load_colorizer(model_path, size, decode, temperature) if jobs else None
+    colorizer = _load_colorizer(model_path, size, decode, temperature, correction) if jobs else None
     with click.progressbar(length=len(jobs), label="Colorizing", file=sys.stderr) as bar:
 
         def on_result(job, problem):
@@ -370,7 +390,18 @@ def colorize(
     help="Also write the report (per photo and mean) to this JSON file.",
 )
 @_network_options
-def evaluate(truth, recursive, limit, json_path, model_path, size, decode, temperature, batch_size):
+def evaluate(
+    truth,
+    recursive,
+    limit,
+    json_path,
+    model_path,
+    size,
+    decode,
+    temperature,
+    correction,
+    batch_size,
+):
     """Score the model on color photos TRUTH (files and folders) against gray.
 
     Each photo loses its color and is colorized as `kcolor colorize` would, at its
@@ -387,7 +418,7 @@ def evaluate(truth, recursive, limit, json_path, model_path, size, decode, tempe
     paths = [path for path, _ in infer.find_images(truth, recursive, skip=outputs)][:limit]
     if not paths:
         raise _no_images(truth, recursive)
-    colorizer = _load_colorizer(model_path, size, decode, temperature)
+    colorizer = _load_colorizer(model_path, size, decode, temperature, correction)
     problems = []
     with click.progressbar(length=len(paths), label="Evaluating", file=sys.stderr) as bar:
 
@@ -412,3 +443,37 @@ def evaluate(truth, recursive, limit, json_path, model_path, size, decode, tempe
     if problems:
         click.echo(f"{len(problems)} of {len(paths)} photos failed", err=True)
         sys.exit(1)
+
+
+# --- decoding -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    help="New default annealed-mean temperature.",
+)
+@click.option(
+    "--correction", type=click.FloatRange(0, 1), help="New default rebalancing correction."
+)
+def decoding(model_path, temperature, correction):
+    """Show, or set, the decoding defaults that MODEL_PATH (a .keras file) records.
+
+    `kcolor colorize` and `kcolor evaluate` use them unless given --temperature or
+    --correction. Choose them with `kcolor evaluate` on photos the model was not
+    trained on.
+    """
+    from kcolor import model
+
+    try:
+        if temperature is None and correction is None:
+            info = model.model_info(model.load_model(model_path))
+        else:
+            info = model.set_decoding(model_path, temperature, correction)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(
+        f"{model_path}: temperature {info['temperature']:g}, correction {info['correction']:g}"
+    )

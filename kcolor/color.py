@@ -48,6 +48,9 @@ REBALANCE_SIGMA = 5.0
 REBALANCE_LAMBDA = 0.5
 # Annealed-mean temperature of the paper (Sec. 2.3).
 ANNEALED_T = 0.38
+# Fraction of the class rebalancing divided out of the predicted distribution before
+# decoding (0: decode it as trained, as the paper does); see `correct_rebalancing`.
+REBALANCE_CORRECTION = 0.0
 
 
 # --- sRGB <-> Lab, numpy ---------------------------------------------------
@@ -431,6 +434,32 @@ def rebalance_weights(
 # --- decoding ---------------------------------------------------------------
 
 DECODE_METHODS = ("annealed", "argmax")
+
+
+def correct_rebalancing(logits, weights, strength: float):
+    """Divide the class-rebalancing weights, to the power `strength`, out of the
+    predicted distribution.
+
+    A network trained with per-class weights w learns q(bin | L) proportional to
+    w[bin] p(bin | L), which favours rare saturated colors, and more so while it is
+    unsure of the right one. Subtracting `strength` x log w from the logits moves q
+    that fraction of the way back to p (0: as trained; 1: the unweighted posterior),
+    trading vividness for accuracy (the post-hoc logit adjustment of Menon et al.,
+    "Long-tail learning via logit adjustment", ICLR 2021).
+
+    Args:
+        logits: (..., Q) float logits (tf.Tensor or numpy).
+        weights: (Q,) positive rebalancing weights the network was trained with.
+        strength: in [0, 1].
+    Returns:
+        (..., Q) float32 logits (numpy in, numpy out).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"correction: expected a value in [0, 1], got {strength}")
+    logits = np.asarray(logits, np.float32)
+    if strength == 0.0:
+        return logits
+    return logits - np.float32(strength) * np.log(np.asarray(weights, np.float32))
 
 
 def decode_ab(

@@ -56,18 +56,37 @@ class Colorizer:
         net: a model from `kcolor.model.build_model` / `load_model`.
         size: side the lightness is resized to (None: the model's input_size); rounded
             to a multiple of 8.
-        decode, temperature: see `kcolor.color.decode_ab` (None: the paper's T = 0.38).
+        decode, temperature: see `kcolor.color.decode_ab` (None: the model's recorded
+            temperature; the paper's T = 0.38 unless `kcolor decoding` changed it).
+        correction: see `kcolor.color.correct_rebalancing` (None: the model's recorded
+            value, 0 unless `kcolor decoding` changed it).
         replicas: devices the model is mirrored on (see `load_colorizer`).
         source: where the model came from (for reports).
     """
 
     def __init__(
-        self, net, size=None, decode="annealed", temperature=None, replicas=1, source=None
+        self,
+        net,
+        size=None,
+        decode="annealed",
+        temperature=None,
+        correction=None,
+        replicas=1,
+        source=None,
     ):
         from kcolor import model
 
         info = model.model_info(net)
-        temperature = color.ANNEALED_T if temperature is None else float(temperature)
+        temperature = float(
+            info.get("temperature", color.ANNEALED_T) if temperature is None else temperature
+        )
+        correction = float(
+            info.get("correction", color.REBALANCE_CORRECTION) if correction is None else correction
+        )
+        if not 0.0 <= correction <= 1.0:
+            raise ValueError(f"correction: expected a value in [0, 1], got {correction}")
+        if correction and info.get("prior") is None:
+            raise ValueError("correction: the model records no training prior to correct with")
         if decode not in color.DECODE_METHODS:
             raise ValueError(f"decode: expected one of {color.DECODE_METHODS}, got {decode!r}")
         if decode == "annealed" and temperature <= 0:
@@ -79,6 +98,12 @@ class Colorizer:
         self.net, self.info = net, info
         self.table = color.get_bin_table(info["bin_table"])
         self.decode, self.temperature, self.replicas = decode, temperature, replicas
+        self.correction = correction
+        self.weights = None
+        if correction:
+            self.weights = color.rebalance_weights(
+                np.asarray(info["prior"], np.float64), self.table, info["rebalance"]
+            )
         self.source = source
 
     def predict(self, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +119,8 @@ class Colorizer:
             logits = self.net.predict(x, batch_size=len(x), verbose=0)
         else:
             logits = self.net.predict_on_batch(x)
+        if self.correction:
+            logits = color.correct_rebalancing(logits, self.weights, self.correction)
         ab = color.decode_ab(logits, self.table.centres, self.decode, self.temperature)
         return np.asarray(ab), np.argmax(logits, axis=-1).astype(np.int32)
 

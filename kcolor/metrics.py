@@ -286,6 +286,7 @@ def evaluate(
         "input_size": colorizer.side,
         "decode": colorizer.decode,
         "temperature": colorizer.temperature,
+        "correction": colorizer.correction,
         "prior": source,
         "mean": mean,
         "images": records,
@@ -357,6 +358,15 @@ def format_table(report: dict) -> str:
             "truth": "the bin frequencies of these truth photos (the model has no prior)",
         }
         lines.append(f"truth colorfulness (mean): {c:.1f}")
+        if report.get("decode") == "annealed":
+            lines.append(
+                f"decoding: annealed mean, T = {report['temperature']:g}, "
+                f"rebalancing correction {report.get('correction', 0.0):g}"
+            )
+        elif report.get("decode"):
+            lines.append(
+                f"decoding: argmax, rebalancing correction {report.get('correction', 0.0):g}"
+            )
         lines.append(
             f"AuC-rb weights pixels by 1 / prior of their true bin; prior: {prior[report['prior']]}"
         )

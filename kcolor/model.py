@@ -40,6 +40,8 @@ class ColorizerInfo(keras.layers.Layer):
         rebalance="zhang",
         prior=None,
         format_version=1,
+        temperature=color.ANNEALED_T,
+        correction=color.REBALANCE_CORRECTION,
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -50,6 +52,9 @@ class ColorizerInfo(keras.layers.Layer):
         self.rebalance = rebalance
         self.prior = None if prior is None else [float(p) for p in prior]
         self.format_version = int(format_version)
+        # decoding defaults of `kcolor colorize` for this model (`kcolor decoding` sets them)
+        self.temperature = float(temperature)
+        self.correction = float(correction)
 
     def call(self, logits):
         return keras.ops.cast(logits, "float32")
@@ -63,6 +68,8 @@ class ColorizerInfo(keras.layers.Layer):
             rebalance=self.rebalance,
             prior=self.prior,
             format_version=self.format_version,
+            temperature=self.temperature,
+            correction=self.correction,
         )
         return config
 
@@ -140,6 +147,30 @@ def model_info(net: keras.Model) -> dict:
     except ValueError:
         raise ValueError(f"model {net.name!r}: not a kcolor model (no kcolor_info layer)") from None
     return layer.get_config()
+
+
+def set_decoding(path: str | os.PathLike, temperature=None, correction=None) -> dict:
+    """Record new decoding defaults (temperature, correction) in a saved model.
+
+    The file is rewritten atomically; returns the model's settings afterwards.
+    """
+    from kcolor.train import export_model
+
+    path = Path(path)
+    net = load_model(path)
+    info = net.get_layer("kcolor_info")
+    if temperature is not None:
+        if temperature <= 0:
+            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        info.temperature = float(temperature)
+    if correction is not None:
+        if not 0.0 <= correction <= 1.0:
+            raise ValueError(f"correction: expected a value in [0, 1], got {correction}")
+        if correction and info.prior is None:
+            raise ValueError(f"{path}: the model records no training prior; cannot correct")
+        info.correction = float(correction)
+    export_model(net, path)
+    return model_info(net)
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:

@@ -242,3 +242,47 @@ def test_no_images(tmp_path, model_path):
     Image.fromarray(smooth(8, 8)).save(tmp_path / "sub" / "a.png")
     result = run(tmp_path, "--model", model_path)
     assert result.exit_code == 1 and "-r looks into subfolders" in result.output
+
+
+def test_rebalancing_correction_and_the_decoding_the_model_records(tmp_path):
+    table = color.get_bin_table("zhang313")
+    prior = np.exp(-np.linalg.norm(table.centres, axis=1) / 20)  # skewed toward gray
+    prior /= prior.sum()
+    path = tmp_path / "model.keras"
+    model.build_model(width=0.0625, input_size=32, prior=prior).save(path)
+    L = np.stack([color.lightness(smooth(32, 32))] * 2)
+    plain = infer.load_colorizer(path)
+    assert (plain.temperature, plain.correction) == (color.ANNEALED_T, 0.0)
+    ab_plain, _ = plain.predict(L)
+
+    info = model.set_decoding(path, temperature=0.5, correction=1.0)
+    assert (info["temperature"], info["correction"]) == (0.5, 1.0)
+    corrected = infer.load_colorizer(path)
+    assert (corrected.temperature, corrected.correction) == (0.5, 1.0)
+    logits = corrected.net.predict_on_batch(L[..., None])
+    w = color.rebalance_weights(prior, table, "zhang")
+    expected = color.decode_ab(logits - np.log(w), table.centres, "annealed", 0.5).numpy()
+    ab, _ = corrected.predict(L)
+    np.testing.assert_allclose(ab, expected, atol=1e-4)
+    # dividing the weights out moves the colors toward the (grayish) prior
+    assert np.abs(ab).mean() < np.abs(ab_plain).mean()
+    # flags override what the model records
+    again = infer.load_colorizer(path, temperature=color.ANNEALED_T, correction=0.0)
+    np.testing.assert_allclose(again.predict(L)[0], ab_plain, atol=1e-5)
+
+    runner = CliRunner()
+    shown = runner.invoke(cli.main, ["decoding", str(path)])
+    assert shown.exit_code == 0 and "temperature 0.5, correction 1" in shown.output
+    result = runner.invoke(cli.main, ["decoding", str(path), "--correction", "0.25"])
+    assert result.exit_code == 0 and "temperature 0.5, correction 0.25" in result.output
+    assert infer.load_colorizer(path).correction == 0.25
+    bad = runner.invoke(cli.main, ["decoding", str(path), "--correction", "1.5"])
+    assert bad.exit_code == 2 and "--correction" in bad.output
+
+
+def test_correction_needs_a_training_prior(tmp_path, model_path):
+    with pytest.raises(ValueError, match="no training prior"):
+        infer.load_colorizer(model_path, correction=0.5)
+    result = CliRunner().invoke(cli.main, ["decoding", str(model_path), "--correction", "0.5"])
+    assert result.exit_code == 1
+    assert f"{model_path}: the model records no training prior" in result.output
