@@ -232,8 +232,8 @@ _SIZE_HELP = "Side the lightness is resized to for the network, rounded to a mul
 
 
 def _network_options(f):
-    """--model, --size, --decode, --temperature, --correction and --batch-size (colorize
-    and evaluate)."""
+    """--model, --size, --decode, --temperature, --rebalance-strength and --batch-size
+    (colorize and evaluate)."""
     f = click.option(
         "--batch-size",
         type=click.IntRange(min=1),
@@ -247,11 +247,10 @@ def _network_options(f):
         help="Annealed-mean temperature.  [default: the model's; 0.38, the paper's, unless `kcolor decoding` set another]",
     )(f)
     f = click.option(
-        "--correction",
-        type=click.FloatRange(0, 1),
-        help="Fraction of the class rebalancing divided out of the prediction before "
-        "decoding: 0 = as trained (the paper), 1 = fully; higher is more accurate and "
-        "less vivid.  [default: the model's]",
+        "--rebalance-strength",
+        type=click.FloatRange(0, 2),
+        help="Class rebalancing applied when decoding: 0 = none (accurate but dull), "
+        "1 = Zhang's (vivid, the paper's), between trades the two.  [default: the model's]",
     )(f)
     f = click.option(
         "--decode",
@@ -266,13 +265,17 @@ def _network_options(f):
     )(f)
 
 
-def _load_colorizer(model_path, size, decode, temperature, correction):
+def _load_colorizer(model_path, size, decode, temperature, rebalance_strength):
     from kcolor import infer
 
     click.echo("Loading model...", err=True)
     try:
         return infer.load_colorizer(
-            model_path, size=size, decode=decode, temperature=temperature, correction=correction
+            model_path,
+            size=size,
+            decode=decode,
+            temperature=temperature,
+            rebalance_strength=rebalance_strength,
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from None
@@ -325,7 +328,7 @@ def colorize(
     size,
     decode,
     temperature,
-    correction,
+    rebalance_strength,
     batch_size,
 ):
     """Colorize the photos INPUT (files and folders: JPEG, PNG, WebP, TIFF, BMP).
@@ -345,7 +348,9 @@ def colorize(
     if not jobs and not refused:
         raise _no_images(inputs, recursive)
     problems = [f"{path}: {why}" for path, why in refused]
-    colorizer = _load_colorizer(model_path, size, decode, temperature, correction) if jobs else None
+    colorizer = (
+        _load_colorizer(model_path, size, decode, temperature, rebalance_strength) if jobs else None
+    )
     with click.progressbar(length=len(jobs), label="Colorizing", file=sys.stderr) as bar:
 
         def on_result(job, problem):
@@ -399,7 +404,7 @@ def evaluate(
     size,
     decode,
     temperature,
-    correction,
+    rebalance_strength,
     batch_size,
 ):
     """Score the model on color photos TRUTH (files and folders) against gray.
@@ -418,7 +423,7 @@ def evaluate(
     paths = [path for path, _ in infer.find_images(truth, recursive, skip=outputs)][:limit]
     if not paths:
         raise _no_images(truth, recursive)
-    colorizer = _load_colorizer(model_path, size, decode, temperature, correction)
+    colorizer = _load_colorizer(model_path, size, decode, temperature, rebalance_strength)
     problems = []
     with click.progressbar(length=len(paths), label="Evaluating", file=sys.stderr) as bar:
 
@@ -456,24 +461,28 @@ def evaluate(
     help="New default annealed-mean temperature.",
 )
 @click.option(
-    "--correction", type=click.FloatRange(0, 1), help="New default rebalancing correction."
+    "--rebalance-strength",
+    type=click.FloatRange(0, 2),
+    help="New default rebalance strength (0 = none, 1 = Zhang's).",
 )
-def decoding(model_path, temperature, correction):
+def decoding(model_path, temperature, rebalance_strength):
     """Show, or set, the decoding defaults that MODEL_PATH (a .keras file) records.
 
     `kcolor colorize` and `kcolor evaluate` use them unless given --temperature or
-    --correction. Choose them with `kcolor evaluate` on photos the model was not
+    --rebalance-strength. Choose them with `kcolor evaluate` on photos the model was not
     trained on.
     """
     from kcolor import model
 
     try:
-        if temperature is None and correction is None:
+        if temperature is None and rebalance_strength is None:
             info = model.model_info(model.load_model(model_path))
         else:
-            info = model.set_decoding(model_path, temperature, correction)
+            info = model.set_decoding(model_path, temperature, rebalance_strength)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    strength = info["rebalance_strength"]
     click.echo(
-        f"{model_path}: temperature {info['temperature']:g}, correction {info['correction']:g}"
+        f"{model_path}: temperature {info['temperature']:g}, rebalance strength "
+        + ("as trained" if strength is None else f"{strength:g}")
     )

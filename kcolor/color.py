@@ -48,9 +48,8 @@ REBALANCE_SIGMA = 5.0
 REBALANCE_LAMBDA = 0.5
 # Annealed-mean temperature of the paper (Sec. 2.3).
 ANNEALED_T = 0.38
-# Fraction of the class rebalancing divided out of the predicted distribution before
-# decoding (0: decode it as trained, as the paper does); see `correct_rebalancing`.
-REBALANCE_CORRECTION = 0.0
+# Largest class-rebalancing strength a decoding may apply (see `rebalance_logits`).
+MAX_REBALANCE_STRENGTH = 2.0
 
 
 # --- sRGB <-> Lab, numpy ---------------------------------------------------
@@ -436,30 +435,35 @@ def rebalance_weights(
 DECODE_METHODS = ("annealed", "argmax")
 
 
-def correct_rebalancing(logits, weights, strength: float):
-    """Divide the class-rebalancing weights, to the power `strength`, out of the
-    predicted distribution.
+def rebalance_logits(logits, trained_weights, decode_weights, strength: float):
+    """Re-weight a predicted bin distribution to a chosen class-rebalancing strength.
 
-    A network trained with per-class weights w learns q(bin | L) proportional to
-    w[bin] p(bin | L), which favours rare saturated colors, and more so while it is
-    unsure of the right one. Subtracting `strength` x log w from the logits moves q
-    that fraction of the way back to p (0: as trained; 1: the unweighted posterior),
-    trading vividness for accuracy (the post-hoc logit adjustment of Menon et al.,
-    "Long-tail learning via logit adjustment", ICLR 2021).
+    A network trained with per-bin loss weights w_t learns q(bin | L) proportional to
+    w_t[bin] p(bin | L), p the plain posterior. The result is proportional to
+    p(bin | L) w_d[bin] ** strength: 0 gives the plain posterior (the most accurate
+    colors, but dull, since desaturated colors dominate photos), 1 the distribution a
+    network trained with w_d predicts (Zhang's rebalancing: vivid, but wrong more often
+    where the network is unsure), values between trade the two. This is post-hoc logit
+    adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021).
 
     Args:
         logits: (..., Q) float logits (tf.Tensor or numpy).
-        weights: (Q,) positive rebalancing weights the network was trained with.
-        strength: in [0, 1].
+        trained_weights: (Q,) positive weights of the network's training loss (all ones
+            for a network trained without rebalancing).
+        decode_weights: (Q,) positive rebalancing weights to apply (Zhang's).
+        strength: in [0, MAX_REBALANCE_STRENGTH].
     Returns:
-        (..., Q) float32 logits (numpy in, numpy out).
+        (..., Q) float32 numpy logits.
     """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"correction: expected a value in [0, 1], got {strength}")
-    logits = np.asarray(logits, np.float32)
-    if strength == 0.0:
-        return logits
-    return logits - np.float32(strength) * np.log(np.asarray(weights, np.float32))
+    if not 0.0 <= strength <= MAX_REBALANCE_STRENGTH:
+        raise ValueError(
+            f"rebalance strength: expected a value in [0, {MAX_REBALANCE_STRENGTH:g}], "
+            f"got {strength}"
+        )
+    shift = np.float32(strength) * np.log(np.asarray(decode_weights, np.float32)) - np.log(
+        np.asarray(trained_weights, np.float32)
+    )
+    return np.asarray(logits, np.float32) + shift
 
 
 def decode_ab(

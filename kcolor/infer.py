@@ -58,8 +58,8 @@ class Colorizer:
             to a multiple of 8.
         decode, temperature: see `kcolor.color.decode_ab` (None: the model's recorded
             temperature; the paper's T = 0.38 unless `kcolor decoding` changed it).
-        correction: see `kcolor.color.correct_rebalancing` (None: the model's recorded
-            value, 0 unless `kcolor decoding` changed it).
+        rebalance_strength: see `kcolor.color.rebalance_logits` (None: the model's
+            recorded value; a model that records none is decoded as trained).
         replicas: devices the model is mirrored on (see `load_colorizer`).
         source: where the model came from (for reports).
     """
@@ -70,7 +70,7 @@ class Colorizer:
         size=None,
         decode="annealed",
         temperature=None,
-        correction=None,
+        rebalance_strength=None,
         replicas=1,
         source=None,
     ):
@@ -80,13 +80,17 @@ class Colorizer:
         temperature = float(
             info.get("temperature", color.ANNEALED_T) if temperature is None else temperature
         )
-        correction = float(
-            info.get("correction", color.REBALANCE_CORRECTION) if correction is None else correction
-        )
-        if not 0.0 <= correction <= 1.0:
-            raise ValueError(f"correction: expected a value in [0, 1], got {correction}")
-        if correction and info.get("prior") is None:
-            raise ValueError("correction: the model records no training prior to correct with")
+        if rebalance_strength is None:
+            rebalance_strength = info.get("rebalance_strength")
+        top = color.MAX_REBALANCE_STRENGTH
+        if rebalance_strength is not None and not 0.0 <= rebalance_strength <= top:
+            raise ValueError(
+                f"rebalance strength: expected a value in [0, {top:g}], got {rebalance_strength}"
+            )
+        if rebalance_strength is not None and info.get("prior") is None:
+            raise ValueError(
+                "rebalance strength: the model records no training prior to rebalance with"
+            )
         if decode not in color.DECODE_METHODS:
             raise ValueError(f"decode: expected one of {color.DECODE_METHODS}, got {decode!r}")
         if decode == "annealed" and temperature <= 0:
@@ -98,11 +102,13 @@ class Colorizer:
         self.net, self.info = net, info
         self.table = color.get_bin_table(info["bin_table"])
         self.decode, self.temperature, self.replicas = decode, temperature, replicas
-        self.correction = correction
-        self.weights = None
-        if correction:
-            self.weights = color.rebalance_weights(
-                np.asarray(info["prior"], np.float64), self.table, info["rebalance"]
+        self.rebalance_strength = rebalance_strength
+        self._weights = None  # (trained, decode) rebalancing weights
+        if rebalance_strength is not None:
+            prior = np.asarray(info["prior"], np.float64)
+            self._weights = (
+                color.rebalance_weights(prior, self.table, info["rebalance"]),
+                color.rebalance_weights(prior, self.table, "zhang"),
             )
         self.source = source
 
@@ -119,8 +125,8 @@ class Colorizer:
             logits = self.net.predict(x, batch_size=len(x), verbose=0)
         else:
             logits = self.net.predict_on_batch(x)
-        if self.correction:
-            logits = color.correct_rebalancing(logits, self.weights, self.correction)
+        if self._weights is not None:
+            logits = color.rebalance_logits(logits, *self._weights, self.rebalance_strength)
         ab = color.decode_ab(logits, self.table.centres, self.decode, self.temperature)
         return np.asarray(ab), np.argmax(logits, axis=-1).astype(np.int32)
 

@@ -286,7 +286,7 @@ def evaluate(
         "input_size": colorizer.side,
         "decode": colorizer.decode,
         "temperature": colorizer.temperature,
-        "correction": colorizer.correction,
+        "rebalance_strength": colorizer.rebalance_strength,
         "prior": source,
         "mean": mean,
         "images": records,
@@ -358,15 +358,15 @@ def format_table(report: dict) -> str:
             "truth": "the bin frequencies of these truth photos (the model has no prior)",
         }
         lines.append(f"truth colorfulness (mean): {c:.1f}")
-        if report.get("decode") == "annealed":
-            lines.append(
-                f"decoding: annealed mean, T = {report['temperature']:g}, "
-                f"rebalancing correction {report.get('correction', 0.0):g}"
+        if report.get("decode"):
+            how = (
+                "argmax"
+                if report["decode"] == "argmax"
+                else f"annealed mean, T = {report['temperature']:g}"
             )
-        elif report.get("decode"):
-            lines.append(
-                f"decoding: argmax, rebalancing correction {report.get('correction', 0.0):g}"
-            )
+            strength = report.get("rebalance_strength")
+            rebal = "as trained" if strength is None else f"{strength:g}"
+            lines.append(f"decoding: {how}, rebalance strength {rebal}")
         lines.append(
             f"AuC-rb weights pixels by 1 / prior of their true bin; prior: {prior[report['prior']]}"
         )

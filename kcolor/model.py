@@ -41,7 +41,7 @@ class ColorizerInfo(keras.layers.Layer):
         prior=None,
         format_version=1,
         temperature=color.ANNEALED_T,
-        correction=color.REBALANCE_CORRECTION,
+        rebalance_strength=None,
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -53,8 +53,9 @@ class ColorizerInfo(keras.layers.Layer):
         self.prior = None if prior is None else [float(p) for p in prior]
         self.format_version = int(format_version)
         # decoding defaults of `kcolor colorize` for this model (`kcolor decoding` sets them)
+        # None: decode the distribution as trained
         self.temperature = float(temperature)
-        self.correction = float(correction)
+        self.rebalance_strength = None if rebalance_strength is None else float(rebalance_strength)
 
     def call(self, logits):
         return keras.ops.cast(logits, "float32")
@@ -69,7 +70,7 @@ class ColorizerInfo(keras.layers.Layer):
             prior=self.prior,
             format_version=self.format_version,
             temperature=self.temperature,
-            correction=self.correction,
+            rebalance_strength=self.rebalance_strength,
         )
         return config
 
@@ -149,8 +150,8 @@ def model_info(net: keras.Model) -> dict:
     return layer.get_config()
 
 
-def set_decoding(path: str | os.PathLike, temperature=None, correction=None) -> dict:
-    """Record new decoding defaults (temperature, correction) in a saved model.
+def set_decoding(path: str | os.PathLike, temperature=None, rebalance_strength=None) -> dict:
+    """Record new decoding defaults (temperature, rebalance_strength) in a saved model.
 
     The file is rewritten atomically; returns the model's settings afterwards.
     """
@@ -163,12 +164,15 @@ def set_decoding(path: str | os.PathLike, temperature=None, correction=None) -> 
         if temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {temperature}")
         info.temperature = float(temperature)
-    if correction is not None:
-        if not 0.0 <= correction <= 1.0:
-            raise ValueError(f"correction: expected a value in [0, 1], got {correction}")
-        if correction and info.prior is None:
-            raise ValueError(f"{path}: the model records no training prior; cannot correct")
-        info.correction = float(correction)
+    if rebalance_strength is not None:
+        top = color.MAX_REBALANCE_STRENGTH
+        if not 0.0 <= rebalance_strength <= top:
+            raise ValueError(
+                f"rebalance strength: expected a value in [0, {top:g}], got {rebalance_strength}"
+            )
+        if info.prior is None:
+            raise ValueError(f"{path}: the model records no training prior to rebalance with")
+        info.rebalance_strength = float(rebalance_strength)
     export_model(net, path)
     return model_info(net)
 

@@ -188,22 +188,27 @@ def test_rebalance_errors(prior):
 # --- decoding -----------------------------------------------------------------
 
 
-def test_correct_rebalancing_divides_the_weights_out():
+def test_rebalance_logits_sets_the_strength_of_the_rebalancing():
     rng = np.random.default_rng(3)
     p = rng.dirichlet(np.ones(313), size=(2, 4))  # (2, 4, Q) true posteriors
     w = rng.uniform(0.5, 20.0, 313)
+    ones = np.ones(313)
     trained = np.log(w * p)  # what a network trained with weights w converges to
 
     def softmax(z):
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
-    np.testing.assert_allclose(softmax(color.correct_rebalancing(trained, w, 1.0)), p, rtol=1e-4)
-    np.testing.assert_allclose(color.correct_rebalancing(trained, w, 0.0), trained, rtol=1e-6)
-    half = softmax(color.correct_rebalancing(trained, w, 0.5))
+    np.testing.assert_allclose(softmax(color.rebalance_logits(trained, w, w, 0.0)), p, rtol=1e-4)
+    np.testing.assert_allclose(color.rebalance_logits(trained, w, w, 1.0), trained, rtol=1e-5)
+    half = softmax(color.rebalance_logits(trained, w, w, 0.5))
     np.testing.assert_allclose(half, softmax(np.log(np.sqrt(w) * p)), rtol=1e-4)
-    with pytest.raises(ValueError, match="correction"):
-        color.correct_rebalancing(trained, w, 1.5)
+    # a network trained without weights predicts p; strength 1 makes it Zhang's
+    plain = np.log(p)
+    vivid = softmax(color.rebalance_logits(plain, ones, w, 1.0))
+    np.testing.assert_allclose(vivid, softmax(trained), rtol=1e-4)
+    with pytest.raises(ValueError, match="rebalance strength"):
+        color.rebalance_logits(trained, w, w, 2.5)
 
 
 def test_decode_ab_argmax_and_annealed(tf):

@@ -244,45 +244,67 @@ def test_no_images(tmp_path, model_path):
     assert result.exit_code == 1 and "-r looks into subfolders" in result.output
 
 
-def test_rebalancing_correction_and_the_decoding_the_model_records(tmp_path):
+def test_rebalance_strength_and_the_decoding_the_model_records(tmp_path):
     table = color.get_bin_table("zhang313")
     prior = np.exp(-np.linalg.norm(table.centres, axis=1) / 20)  # skewed toward gray
     prior /= prior.sum()
-    path = tmp_path / "model.keras"
+    path = tmp_path / "model.keras"  # trained with Zhang's rebalancing (the default)
     model.build_model(width=0.0625, input_size=32, prior=prior).save(path)
     L = np.stack([color.lightness(smooth(32, 32))] * 2)
     plain = infer.load_colorizer(path)
-    assert (plain.temperature, plain.correction) == (color.ANNEALED_T, 0.0)
+    assert (plain.temperature, plain.rebalance_strength) == (color.ANNEALED_T, None)
     ab_plain, _ = plain.predict(L)
+    # strength 1 = Zhang's = what a network trained with Zhang's weights predicts as it is
+    same = infer.load_colorizer(path, rebalance_strength=1.0)
+    np.testing.assert_allclose(same.predict(L)[0], ab_plain, atol=1e-4)
 
-    info = model.set_decoding(path, temperature=0.5, correction=1.0)
-    assert (info["temperature"], info["correction"]) == (0.5, 1.0)
-    corrected = infer.load_colorizer(path)
-    assert (corrected.temperature, corrected.correction) == (0.5, 1.0)
-    logits = corrected.net.predict_on_batch(L[..., None])
+    info = model.set_decoding(path, temperature=0.5, rebalance_strength=0.0)
+    assert (info["temperature"], info["rebalance_strength"]) == (0.5, 0.0)
+    posterior = infer.load_colorizer(path)
+    assert (posterior.temperature, posterior.rebalance_strength) == (0.5, 0.0)
+    logits = posterior.net.predict_on_batch(L[..., None])
     w = color.rebalance_weights(prior, table, "zhang")
     expected = color.decode_ab(logits - np.log(w), table.centres, "annealed", 0.5).numpy()
-    ab, _ = corrected.predict(L)
+    ab, _ = posterior.predict(L)
     np.testing.assert_allclose(ab, expected, atol=1e-4)
     # dividing the weights out moves the colors toward the (grayish) prior
     assert np.abs(ab).mean() < np.abs(ab_plain).mean()
     # flags override what the model records
-    again = infer.load_colorizer(path, temperature=color.ANNEALED_T, correction=0.0)
-    np.testing.assert_allclose(again.predict(L)[0], ab_plain, atol=1e-5)
+    again = infer.load_colorizer(path, temperature=color.ANNEALED_T, rebalance_strength=1.0)
+    np.testing.assert_allclose(again.predict(L)[0], ab_plain, atol=1e-4)
 
     runner = CliRunner()
     shown = runner.invoke(cli.main, ["decoding", str(path)])
-    assert shown.exit_code == 0 and "temperature 0.5, correction 1" in shown.output
-    result = runner.invoke(cli.main, ["decoding", str(path), "--correction", "0.25"])
-    assert result.exit_code == 0 and "temperature 0.5, correction 0.25" in result.output
-    assert infer.load_colorizer(path).correction == 0.25
-    bad = runner.invoke(cli.main, ["decoding", str(path), "--correction", "1.5"])
-    assert bad.exit_code == 2 and "--correction" in bad.output
+    assert shown.exit_code == 0 and "temperature 0.5, rebalance strength 0" in shown.output
+    args = ["decoding", str(path), "--rebalance-strength", "0.25"]
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 0 and "temperature 0.5, rebalance strength 0.25" in result.output
+    assert infer.load_colorizer(path).rebalance_strength == 0.25
+    bad = runner.invoke(cli.main, ["decoding", str(path), "--rebalance-strength", "3"])
+    assert bad.exit_code == 2 and "--rebalance-strength" in bad.output
 
 
-def test_correction_needs_a_training_prior(tmp_path, model_path):
+def test_a_model_trained_without_rebalancing_is_rebalanced_at_decoding(tmp_path):
+    table = color.get_bin_table("zhang313")
+    prior = np.exp(-np.linalg.norm(table.centres, axis=1) / 20)
+    prior /= prior.sum()
+    path = tmp_path / "model.keras"
+    model.build_model(width=0.0625, input_size=32, rebalance="none", prior=prior).save(path)
+    L = np.stack([color.lightness(smooth(32, 32))])
+    as_trained = infer.load_colorizer(path)
+    logits = as_trained.net.predict_on_batch(L[..., None])
+    w = color.rebalance_weights(prior, table, "zhang")
+    expected = color.decode_ab(logits + np.log(w), table.centres, "annealed", 0.38).numpy()
+    vivid = infer.load_colorizer(path, rebalance_strength=1.0)
+    np.testing.assert_allclose(vivid.predict(L)[0], expected, atol=1e-4)
+    none = infer.load_colorizer(path, rebalance_strength=0.0)
+    np.testing.assert_allclose(none.predict(L)[0], as_trained.predict(L)[0], atol=1e-4)
+
+
+def test_rebalance_strength_needs_a_training_prior(tmp_path, model_path):
     with pytest.raises(ValueError, match="no training prior"):
-        infer.load_colorizer(model_path, correction=0.5)
-    result = CliRunner().invoke(cli.main, ["decoding", str(model_path), "--correction", "0.5"])
+        infer.load_colorizer(model_path, rebalance_strength=0.5)
+    args = ["decoding", str(model_path), "--rebalance-strength", "0.5"]
+    result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 1
     assert f"{model_path}: the model records no training prior" in result.output
