@@ -1,0 +1,74 @@
+"""Score a model's decoding settings (temperature x rebalance strength) on held-out photos.
+
+    python tools/sweep_decoding.py MODEL.keras photos.txt --temperatures 0.38,1 \
+        --strengths 0,0.5,1 [--json sweep.json]
+
+photos.txt lists truth photos, one path a line, that the model was not trained on. For each
+setting it runs `kcolor evaluate`'s scoring (kcolor.metrics.evaluate) and prints the means
+beside the grayscale baseline; pick one and record it with
+`kcolor decoding MODEL.keras --temperature T --rebalance-strength S`. The network runs once
+per setting: the scoring at full resolution costs more than the forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kcolor import infer, metrics
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def sweep(model_path, paths, temperatures, strengths, echo=print) -> list[dict]:
+    base = infer.load_colorizer(model_path)
+    rows = []
+    for t in temperatures:
+        for s in strengths:
+            colorizer = infer.Colorizer(base.net, temperature=t, rebalance_strength=s)
+            report = metrics.evaluate(paths, colorizer)
+            model, gray = report["mean"]["model"], report["mean"]["gray"]
+            row = {
+                "temperature": t,
+                "rebalance_strength": s,
+                "images": report["count"],
+                "auc": model["auc"],
+                "auc_gray": gray["auc"],
+                "auc_rebalanced": model["auc_rebalanced"],
+                "auc_rebalanced_gray": gray["auc_rebalanced"],
+                "colorfulness": model["colorfulness"],
+                "colorfulness_truth": report["mean"]["truth_colorfulness"],
+            }
+            rows.append(row)
+            echo(
+                f"T {t:<5g} strength {s:<5g} "
+                f"AuC {row['auc']:5.2f} ({row['auc'] - row['auc_gray']:+.2f} vs gray)  "
+                f"AuC-rb {row['auc_rebalanced']:5.2f} "
+                f"({row['auc_rebalanced'] - row['auc_rebalanced_gray']:+.2f})  "
+                f"colorfulness {row['colorfulness']:4.1f} "
+                f"(truth {row['colorfulness_truth']:.1f})"
+            )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("photos", type=Path, help="a text file of photo paths, one a line")
+    ap.add_argument("--temperatures", type=_floats, default=[0.38, 1.0])
+    ap.add_argument("--strengths", type=_floats, default=[0.0, 0.5, 1.0])
+    ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    args = ap.parse_args()
+    paths = [Path(line.strip()) for line in args.photos.read_text().splitlines() if line.strip()]
+    if not paths:
+        raise SystemExit(f"{args.photos}: no photo paths")
+    rows = sweep(args.model, paths, args.temperatures, args.strengths)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
