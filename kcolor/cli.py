@@ -265,18 +265,14 @@ def _network_options(f):
     )(f)
 
 
-def _load_colorizer(model_path, size, decode, temperature, rebalance_strength):
+def _load_colorizer(model_path, **decoding):
+    """The colorizer of the _network_options (model_path, size, decode, temperature,
+    rebalance_strength)."""
     from kcolor import infer
 
     click.echo("Loading model...", err=True)
     try:
-        return infer.load_colorizer(
-            model_path,
-            size=size,
-            decode=decode,
-            temperature=temperature,
-            rebalance_strength=rebalance_strength,
-        )
+        return infer.load_colorizer(model_path, **decoding)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
 
@@ -318,19 +314,7 @@ def _no_images(inputs, recursive) -> click.ClickException:
     "--compare", is_flag=True, help="Also write NAME-compare.EXT: input | output side by side."
 )
 @_network_options
-def colorize(
-    inputs,
-    out,
-    recursive,
-    fmt,
-    compare,
-    model_path,
-    size,
-    decode,
-    temperature,
-    rebalance_strength,
-    batch_size,
-):
+def colorize(inputs, out, recursive, fmt, compare, batch_size, **network):
     """Colorize the photos INPUT (files and folders: JPEG, PNG, WebP, TIFF, BMP).
 
     Each output keeps its input's name, size and format (unless --format). With -o
@@ -348,9 +332,7 @@ def colorize(
     if not jobs and not refused:
         raise _no_images(inputs, recursive)
     problems = [f"{path}: {why}" for path, why in refused]
-    colorizer = (
-        _load_colorizer(model_path, size, decode, temperature, rebalance_strength) if jobs else None
-    )
+    colorizer = _load_colorizer(**network) if jobs else None
     with click.progressbar(length=len(jobs), label="Colorizing", file=sys.stderr) as bar:
 
         def on_result(job, problem):
@@ -395,18 +377,7 @@ def colorize(
     help="Also write the report (per photo and mean) to this JSON file.",
 )
 @_network_options
-def evaluate(
-    truth,
-    recursive,
-    limit,
-    json_path,
-    model_path,
-    size,
-    decode,
-    temperature,
-    rebalance_strength,
-    batch_size,
-):
+def evaluate(truth, recursive, limit, json_path, batch_size, **network):
     """Score the model on color photos TRUTH (files and folders) against gray.
 
     Each photo loses its color and is colorized as `kcolor colorize` would, at its
@@ -423,7 +394,7 @@ def evaluate(
     paths = [path for path, _ in infer.find_images(truth, recursive, skip=outputs)][:limit]
     if not paths:
         raise _no_images(truth, recursive)
-    colorizer = _load_colorizer(model_path, size, decode, temperature, rebalance_strength)
+    colorizer = _load_colorizer(**network)
     problems = []
     with click.progressbar(length=len(paths), label="Evaluating", file=sys.stderr) as bar:
 
