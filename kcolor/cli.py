@@ -450,7 +450,7 @@ def decoding(model_path, temperature, rebalance_strength):
             info = model.model_info(model.load_model(model_path))
         else:
             info = model.set_decoding(model_path, temperature, rebalance_strength)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: the file or its folder is not writable
         raise click.ClickException(str(e)) from None
     strength = info["rebalance_strength"]
     click.echo(

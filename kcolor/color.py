@@ -435,6 +435,16 @@ def rebalance_weights(
 DECODE_METHODS = ("annealed", "argmax")
 
 
+def check_rebalance_strength(strength: float) -> float:
+    """`strength` as a float when it is in [0, MAX_REBALANCE_STRENGTH]; else ValueError."""
+    if not 0.0 <= strength <= MAX_REBALANCE_STRENGTH:
+        raise ValueError(
+            f"rebalance strength: expected a value in [0, {MAX_REBALANCE_STRENGTH:g}], "
+            f"got {strength}"
+        )
+    return float(strength)
+
+
 def rebalance_logits(logits, trained_weights, decode_weights, strength: float):
     """Re-weight a predicted bin distribution to a chosen class-rebalancing strength.
 
@@ -455,14 +465,9 @@ def rebalance_logits(logits, trained_weights, decode_weights, strength: float):
     Returns:
         (..., Q) float32 numpy logits.
     """
-    if not 0.0 <= strength <= MAX_REBALANCE_STRENGTH:
-        raise ValueError(
-            f"rebalance strength: expected a value in [0, {MAX_REBALANCE_STRENGTH:g}], "
-            f"got {strength}"
-        )
-    shift = np.float32(strength) * np.log(np.asarray(decode_weights, np.float32)) - np.log(
-        np.asarray(trained_weights, np.float32)
-    )
+    shift = np.float32(check_rebalance_strength(strength)) * np.log(
+        np.asarray(decode_weights, np.float32)
+    ) - np.log(np.asarray(trained_weights, np.float32))
     return np.asarray(logits, np.float32) + shift
 
 

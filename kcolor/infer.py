@@ -82,15 +82,12 @@ class Colorizer:
         )
         if rebalance_strength is None:
             rebalance_strength = info.get("rebalance_strength")
-        top = color.MAX_REBALANCE_STRENGTH
-        if rebalance_strength is not None and not 0.0 <= rebalance_strength <= top:
-            raise ValueError(
-                f"rebalance strength: expected a value in [0, {top:g}], got {rebalance_strength}"
-            )
-        if rebalance_strength is not None and info.get("prior") is None:
-            raise ValueError(
-                "rebalance strength: the model records no training prior to rebalance with"
-            )
+        if rebalance_strength is not None:
+            rebalance_strength = color.check_rebalance_strength(rebalance_strength)
+            if info.get("prior") is None:
+                raise ValueError(
+                    "rebalance strength: the model records no training prior to rebalance with"
+                )
         if decode not in color.DECODE_METHODS:
             raise ValueError(f"decode: expected one of {color.DECODE_METHODS}, got {decode!r}")
         if decode == "annealed" and temperature <= 0:

@@ -155,8 +155,6 @@ def set_decoding(path: str | os.PathLike, temperature=None, rebalance_strength=N
 
     The file is rewritten atomically; returns the model's settings afterwards.
     """
-    from kcolor.train import export_model
-
     path = Path(path)
     net = load_model(path)
     info = net.get_layer("kcolor_info")
@@ -165,16 +163,19 @@ def set_decoding(path: str | os.PathLike, temperature=None, rebalance_strength=N
             raise ValueError(f"temperature: expected > 0, got {temperature}")
         info.temperature = float(temperature)
     if rebalance_strength is not None:
-        top = color.MAX_REBALANCE_STRENGTH
-        if not 0.0 <= rebalance_strength <= top:
-            raise ValueError(
-                f"rebalance strength: expected a value in [0, {top:g}], got {rebalance_strength}"
-            )
+        strength = color.check_rebalance_strength(rebalance_strength)
         if info.prior is None:
             raise ValueError(f"{path}: the model records no training prior to rebalance with")
-        info.rebalance_strength = float(rebalance_strength)
+        info.rebalance_strength = strength
     export_model(net, path)
     return model_info(net)
+
+
+def export_model(net: keras.Model, path: Path) -> None:
+    """Save `net` as a .keras file atomically (a kill mid-write leaves the old file)."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    net.save(tmp)
+    os.replace(tmp, path)
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:

@@ -338,11 +338,11 @@ def fit(
                 f"epoch {epoch + 1}/{cfg.epochs} step {step}: "
                 + ", ".join(f"val {k} {v:.4g}" for k, v in results.items())
             )
-            export_model(net, out_dir / "model.keras")
+            model.export_model(net, out_dir / "model.keras")
         if cfg.time_limit and (time.monotonic() - started) / 60 >= cfg.time_limit:
             echo(f"Time limit of {cfg.time_limit:g} min reached at step {step}; rerun to resume.")
             break
-    export_model(net, out_dir / "model.keras")
+    model.export_model(net, out_dir / "model.keras")
     board.close()
     echo(f"Model written to {out_dir / 'model.keras'}")
     return out_dir / "model.keras"
@@ -395,13 +395,6 @@ def make_train_step(strategy, net, opt, loss_fn, global_batch: int):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_rep, axis=None)
 
     return train_step
-
-
-def export_model(net, path: Path) -> None:
-    """Save `net` as a .keras file atomically (a kill mid-write leaves the old file)."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    net.save(tmp)
-    os.replace(tmp, path)
 
 
 def _atomic_write(path: Path, text: str) -> None:
