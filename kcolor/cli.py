@@ -174,6 +174,12 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
     help="Class rebalancing.  [default: zhang]",
 )
 @click.option(
+    "--targets",
+    type=click.Choice(["hard", "soft"]),
+    help="hard: the bin of each output cell's centre pixel; soft: Zhang's soft encoding of "
+    "all the cell's pixels (Gaussian, sigma 5).  [default: hard]",
+)
+@click.option(
     "--crop",
     type=int,
     help="Random training crop side (multiple of 8); 0 = full shard images.  [default: 0]",

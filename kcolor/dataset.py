@@ -139,6 +139,13 @@ def _to_model(L, bins):
     return L, tf.cast(subsample_bins(bins), tf.int32)
 
 
+@tf.autograph.experimental.do_not_convert
+def _to_model_full(L, bins):
+    """Like `_to_model` but the bins stay at full resolution: (B,S,S) int32."""
+    L = tf.cast(L, tf.float32)[..., None] / color.L_UINT8_SCALE
+    return L, tf.cast(bins, tf.int32)
+
+
 def train_dataset(
     paths: Sequence[Path],
     batch_size: int,
@@ -149,6 +156,7 @@ def train_dataset(
     part: int = 0,
     parts: int = 1,
     skip_batches: int = 0,
+    full_bins: bool = False,
 ) -> tf.data.Dataset:
     """One epoch of shuffled, augmented training batches (the last partial batch dropped).
 
@@ -159,6 +167,8 @@ def train_dataset(
         crop: random crop side (multiple of 8, <= the shards' size); 0 = no crop.
         part, parts: this input pipeline's share in multi-worker training.
         skip_batches: batches of this epoch already trained (resume).
+        full_bins: yield the bins at full resolution (for soft targets) instead of at
+            the logits' resolution.
     """
     size = image_size or _image_size(paths)
     pieces = _pieces(paths, part, parts)
@@ -178,7 +188,9 @@ def train_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    ds = ds.batch(batch_size, drop_remainder=True).map(_to_model, tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        _to_model_full if full_bins else _to_model, tf.data.AUTOTUNE
+    )
     if skip_batches:
         ds = ds.skip(skip_batches)
     return ds.prefetch(tf.data.AUTOTUNE)

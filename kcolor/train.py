@@ -40,6 +40,7 @@ class FitConfig:
     beta_2: float = 0.99
     weight_decay: float = 1e-3
     rebalance: str = "zhang"  # zhang | neglog | none
+    targets: str = "hard"  # hard: each cell's centre-pixel bin | soft: Zhang's soft encoding
     crop: int = 0  # random training crop side (multiple of 8); 0 = the shards' image size
     precision: str = "fp32"  # fp32 | mixed_bfloat16 | mixed_float16
     seed: int = 0
@@ -52,11 +53,12 @@ class FitConfig:
     time_limit: float = 0.0  # minutes of training in this invocation (0 = none)
 
     # settings that fix the network's shape: a resumed run must keep them
-    FROZEN = ("width", "rebalance", "crop", "seed")
+    FROZEN = ("width", "rebalance", "targets", "crop", "seed")
 
 
 PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("constant", "cosine")
+TARGETS = ("hard", "soft")
 
 
 def learning_rate(cfg: FitConfig, step: int, total_steps: int) -> float:
@@ -122,6 +124,8 @@ def _validate(cfg: FitConfig) -> None:
         raise ValueError(
             f"rebalance: expected one of {color.REBALANCE_MODES}, got {cfg.rebalance!r}"
         )
+    if cfg.targets not in TARGETS:
+        raise ValueError(f"targets: expected one of {TARGETS}, got {cfg.targets!r}")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     if cfg.warmup_steps < 0:
@@ -235,7 +239,12 @@ def fit(
         if cfg.precision == "mixed_float16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
         opt.build(net.trainable_variables)
-        loss_fn = loss.RebalancedCrossEntropy(weights, reduction=None)
+        hard_loss = loss.RebalancedCrossEntropy(weights, reduction=None)
+        if cfg.targets == "soft":
+            kernel = color.target_kernel(table)
+            loss_fn = loss.SoftCrossEntropy(weights, kernel, reduction=None)
+        else:
+            loss_fn = hard_loss
 
     ckpt = tf.train.Checkpoint(model=net, optimizer=opt)
     manager = tf.train.CheckpointManager(
@@ -262,7 +271,8 @@ def fit(
     train_step = make_train_step(strategy, net, opt, loss_fn, cfg.batch_size)
 
     board = monitor.Board(out_dir / "logs", enabled=is_chief)
-    evaluate = monitor.Evaluator(net, loss_fn, table)
+    # val loss is always the hard-target loss, so runs with either targets compare
+    evaluate = monitor.Evaluator(net, hard_loss, table)
     val_batches = dataset.eval_dataset(val_paths, 32)
     if cfg.val_images:
         val_batches = val_batches.take(math.ceil(cfg.val_images / 32))
@@ -288,6 +298,7 @@ def fit(
                 part=ctx.input_pipeline_id,
                 parts=ctx.num_input_pipelines,
                 skip_batches=skip * (replicas // ctx.num_input_pipelines),
+                full_bins=cfg.targets == "soft",
             )
 
         dist = distribute(strategy, dataset_fn)

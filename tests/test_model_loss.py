@@ -102,3 +102,53 @@ def test_subsample_bins_takes_cell_centres():
     out = loss.subsample_bins(bins)
     assert out.shape == (1, 2, 2)
     assert out[0, 0, 0] == bins[0, 2, 2] and out[0, 1, 1] == bins[0, 6, 6]
+
+
+def test_target_kernel_spreads_to_the_nearest_bins():
+    table = color.get_bin_table("zhang313")
+    kernel = color.target_kernel(table)
+    assert kernel.shape == (313, 313)
+    np.testing.assert_allclose(kernel.sum(1), 1, rtol=1e-5)
+    assert (kernel.argmax(1) == np.arange(313)).all()
+    # a bin with 4 neighbours 10 ab units away keeps ~60% of its mass (Zhang: sigma 5)
+    d = np.linalg.norm(table.centres[:, None] - table.centres[None], axis=-1)
+    inner = int(np.argmax((np.abs(d - 10) < 1e-6).sum(1) == 4))
+    assert 0.55 < kernel[inner, inner] < 0.7
+    assert kernel[inner][d[inner] > 25].sum() < 1e-3
+    with pytest.raises(ValueError, match="sigma"):
+        color.target_kernel(table, 0)
+
+
+def test_soft_loss_with_identity_kernel_and_uniform_cells_is_the_hard_loss():
+    rng = np.random.default_rng(2)
+    q = 313
+    weights = rng.uniform(0.1, 5, q).astype(np.float32)
+    cells = rng.integers(0, q, (2, 3, 4))
+    bins = np.repeat(np.repeat(cells, 4, axis=1), 4, axis=2)  # (2, 12, 16), one bin per cell
+    logits = rng.normal(0, 3, (2, 3, 4, q)).astype(np.float32)
+    soft = loss.SoftCrossEntropy(weights, np.eye(q), reduction=None)(bins, logits)
+    hard = loss.RebalancedCrossEntropy(weights, reduction=None)(cells, logits)
+    np.testing.assert_allclose(soft.numpy(), hard.numpy(), rtol=1e-5)
+
+
+def test_soft_loss_matches_a_per_cell_loop():
+    rng = np.random.default_rng(3)
+    q = 313
+    weights = rng.uniform(0.1, 5, q).astype(np.float32)
+    kernel = color.target_kernel(color.get_bin_table("zhang313"))
+    bins = rng.integers(0, q, (2, 8, 12))
+    logits = rng.normal(0, 3, (2, 2, 3, q)).astype(np.float32)
+    ref = np.zeros(2)
+    for n in range(2):
+        for i in range(2):
+            for j in range(3):
+                cell = bins[n, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].ravel()
+                target = kernel[cell].mean(0)
+                z = logits[n, i, j].astype(np.float64)
+                logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+                ref[n] += (target @ weights) * -(target @ logp)
+    fn = loss.SoftCrossEntropy(weights, kernel, reduction=None)
+    np.testing.assert_allclose(fn(bins, logits).numpy(), ref, rtol=1e-4)
+    back = loss.SoftCrossEntropy.from_config(fn.get_config())
+    np.testing.assert_array_equal(back.kernel, fn.kernel)
+    assert back.stride == 4

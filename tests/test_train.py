@@ -64,6 +64,19 @@ def test_short_fit_lowers_the_loss_and_resumes(shard_dir, tmp_path):
     assert list((run / "logs" / "train").iterdir()) and list((run / "logs" / "val").iterdir())
 
 
+def test_soft_targets_fit_lowers_the_hard_loss(shard_dir, tmp_path):
+    run = tmp_path / "run"
+    first = train.fit(shard_dir, run, _cfg(epochs=1, targets="soft"), echo=lambda _m: None)
+    before = _train_loss(first, shard_dir)
+    train.fit(shard_dir, run, _cfg(epochs=15, lr=1e-2, targets="soft"), echo=lambda _m: None)
+    after = _train_loss(run / "model.keras", shard_dir)
+    assert after < 0.9 * before, (before, after)
+    with pytest.raises(ValueError, match="started with targets='soft'"):
+        train.resolve_config(run, None, {"targets": "hard"})
+    with pytest.raises(ValueError, match="targets: expected one of"):
+        train.resolve_config(tmp_path / "new", None, {"targets": "fuzzy"})
+
+
 def test_cosine_schedule_warms_up_decays_to_zero_and_is_a_function_of_the_step():
     cfg = train.FitConfig(lr=1e-3, lr_schedule="cosine", warmup_steps=10)
     rates = [train.learning_rate(cfg, s, 110) for s in range(110)]
@@ -114,6 +127,10 @@ def test_pipeline_shapes_crops_and_flips(shard_dir):
     paths = shards.list_shards(shard_dir, "train")
     L, bins = next(iter(dataset.train_dataset(paths, 4, epoch=0, crop=16)))
     assert L.shape == (4, 16, 16, 1) and bins.shape == (4, 4, 4)
+    L2, full = next(iter(dataset.train_dataset(paths, 4, epoch=0, crop=16, full_bins=True)))
+    np.testing.assert_array_equal(L2, L)
+    assert full.shape == (4, 16, 16) and full.dtype.name == "int32"
+    np.testing.assert_array_equal(loss.subsample_bins(full.numpy()), bins)
     assert L.dtype.name == "float32" and bins.dtype.name == "int32"
     assert 0 <= float(L.numpy().min()) and float(L.numpy().max()) <= 100
     # each pipeline of a 2-worker run reads a disjoint half of the data
