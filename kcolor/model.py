@@ -11,7 +11,9 @@ the training prior in a `kcolor_info` layer, so colorizing needs only its path.
 
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -56,6 +58,18 @@ class ColorizerInfo(keras.layers.Layer):
         # None: decode the distribution as trained
         self.temperature = float(temperature)
         self.rebalance_strength = None if rebalance_strength is None else float(rebalance_strength)
+
+    @classmethod
+    def from_config(cls, config):
+        # a model saved by a newer kcolor may record settings this one does not know:
+        # load it with a warning naming them instead of refusing the file
+        known = set(inspect.signature(cls.__init__).parameters) | {"name", "trainable", "dtype"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            warnings.warn(
+                f"kcolor_info: ignoring settings unknown to this kcolor: {unknown}", stacklevel=2
+            )
+        return cls(**{k: v for k, v in config.items() if k not in unknown})
 
     def call(self, logits):
         return keras.ops.cast(logits, "float32")

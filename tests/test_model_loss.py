@@ -1,5 +1,8 @@
 """The network's shapes and saved settings, and the rebalanced loss."""
 
+import json
+import zipfile
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -48,6 +51,27 @@ def test_saved_model_carries_its_settings(tmp_path):
         "neglog",
     )
     np.testing.assert_allclose(info["prior"], prior)
+    x = np.random.default_rng(0).uniform(0, 100, (1, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(net(x), back(x), atol=1e-5)
+
+
+def test_a_model_with_settings_from_a_newer_kcolor_loads_with_a_warning(tmp_path):
+    net = model.build_model("zhang313", width=0.125, input_size=32)
+    path = tmp_path / "m.keras"
+    net.save(path)
+    newer = tmp_path / "newer.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(newer, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                for layer in config["config"]["layers"]:
+                    if layer["class_name"] == "ColorizerInfo":
+                        layer["config"]["future_setting"] = 1.5
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    with pytest.warns(UserWarning, match=r"ignoring settings .*\['future_setting'\]"):
+        back = model.load_model(newer)
     x = np.random.default_rng(0).uniform(0, 100, (1, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(net(x), back(x), atol=1e-5)
 
