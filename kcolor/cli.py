@@ -185,6 +185,12 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
     help="Random training crop side (multiple of 8); 0 = full shard images.  [default: 0]",
 )
 @click.option(
+    "--zoom",
+    type=float,
+    help="Scale augmentation: crops are cut from squares of side crop/Z..crop*Z and resized "
+    "to --crop; 1 = none.  [default: 1]",
+)
+@click.option(
     "--precision",
     type=click.Choice(["fp32", "mixed_bfloat16", "mixed_float16"]),
     help="[default: fp32]",

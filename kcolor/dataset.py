@@ -107,15 +107,30 @@ def count_images(paths: Sequence[Path], part: int = 0, parts: int = 1) -> int:
     return sum(hi - lo for _, _, lo, hi in _pieces(paths, part, parts))
 
 
-def _augment(seed, crop: int, flip: bool):
-    """Random crop to `crop` and horizontal flip of one image, stateless-seeded."""
+def _augment(seed, crop: int, flip: bool, zoom: float = 1.0):
+    """Random crop to `crop` and horizontal flip of one image, stateless-seeded.
+
+    With zoom > 1 the crop is cut from a random square of side in [crop / zoom,
+    crop * zoom] (within the image) and resized to `crop`: L bilinear, bins nearest.
+    """
 
     @tf.autograph.experimental.do_not_convert  # tf.cond already: nothing to convert
     def fn(index, example):
         L, bins = example
         s = tf.stack([tf.cast(seed, tf.int64), index])
         size = tf.shape(L)[0]
-        if crop:
+        if crop and zoom > 1:
+            lo = max(8, int(round(crop / zoom)))
+            hi = tf.minimum(size, int(round(crop * zoom)))
+            side = tf.random.stateless_uniform([], s + 3, lo, hi + 1, tf.int32)
+            oy = tf.random.stateless_uniform([], s, 0, size - side + 1, tf.int32)
+            ox = tf.random.stateless_uniform([], s + 1, 0, size - side + 1, tf.int32)
+            L = L[oy : oy + side, ox : ox + side, None]
+            bins = bins[oy : oy + side, ox : ox + side, None]
+            L = tf.image.resize(L, [crop, crop], "bilinear", antialias=True)
+            L = tf.cast(tf.clip_by_value(tf.round(L[..., 0]), 0, 255), tf.uint8)
+            bins = tf.image.resize(bins, [crop, crop], "nearest")[..., 0]
+        elif crop:
             hi = size - crop + 1
             oy = tf.random.stateless_uniform([], s, 0, hi, tf.int32)
             ox = tf.random.stateless_uniform([], s + 1, 0, hi, tf.int32)
@@ -157,6 +172,7 @@ def train_dataset(
     parts: int = 1,
     skip_batches: int = 0,
     full_bins: bool = False,
+    zoom: float = 1.0,
 ) -> tf.data.Dataset:
     """One epoch of shuffled, augmented training batches (the last partial batch dropped).
 
@@ -167,6 +183,7 @@ def train_dataset(
         crop: random crop side (multiple of 8, <= the shards' size); 0 = no crop.
         part, parts: this input pipeline's share in multi-worker training.
         skip_batches: batches of this epoch already trained (resume).
+        zoom: scale augmentation of the crops (see `_augment`); 1 = none.
         full_bins: yield the bins at full resolution (for soft targets) instead of at
             the logits' resolution.
     """
@@ -184,7 +201,7 @@ def train_dataset(
     ds = ds.shuffle(SHUFFLE_BUFFER, seed=int(rng.integers(2**31)))
     aug_seed = int(rng.integers(2**31))
     ds = ds.enumerate().map(
-        _augment(aug_seed, crop if crop and crop < size else 0, flip=True),
+        _augment(aug_seed, crop if crop and crop < size else 0, flip=True, zoom=zoom),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

@@ -42,6 +42,7 @@ class FitConfig:
     rebalance: str = "zhang"  # zhang | neglog | none
     targets: str = "hard"  # hard: each cell's centre-pixel bin | soft: Zhang's soft encoding
     crop: int = 0  # random training crop side (multiple of 8); 0 = the shards' image size
+    zoom: float = 1.0  # crops cut from squares of side crop/zoom..crop*zoom, resized to crop
     precision: str = "fp32"  # fp32 | mixed_bfloat16 | mixed_float16
     seed: int = 0
     checkpoint_every: int = 500  # steps; also at each epoch end
@@ -130,6 +131,8 @@ def _validate(cfg: FitConfig) -> None:
         raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     if cfg.warmup_steps < 0:
         raise ValueError(f"warmup_steps: expected >= 0, got {cfg.warmup_steps}")
+    if cfg.zoom < 1:
+        raise ValueError(f"zoom: expected >= 1, got {cfg.zoom}")
     if cfg.crop % 8:
         raise ValueError(f"crop: expected a multiple of 8, got {cfg.crop}")
     if cfg.batch_size < 1 or cfg.width <= 0:
@@ -299,6 +302,7 @@ def fit(
                 parts=ctx.num_input_pipelines,
                 skip_batches=skip * (replicas // ctx.num_input_pipelines),
                 full_bins=cfg.targets == "soft",
+                zoom=cfg.zoom,
             )
 
         dist = distribute(strategy, dataset_fn)

@@ -131,6 +131,26 @@ def test_pipeline_shapes_crops_and_flips(shard_dir):
     np.testing.assert_array_equal(L2, L)
     assert full.shape == (4, 16, 16) and full.dtype.name == "int32"
     np.testing.assert_array_equal(loss.subsample_bins(full.numpy()), bins)
+
+
+def test_zoom_resizes_crops_and_keeps_the_bins_of_the_image(shard_dir):
+    paths = shards.list_shards(shard_dir, "train")
+    batches = [dataset.train_dataset(paths, 4, epoch=0, crop=16, zoom=2) for _ in range(2)]
+    (L, bins), (L2, bins2) = (next(iter(b)) for b in batches)
+    assert L.shape == (4, 16, 16, 1) and bins.shape == (4, 4, 4)
+    np.testing.assert_array_equal(L, L2)  # seeded: the same crops every time
+    all_L, all_bins = dataset.load_arrays(paths, 64)
+    assert set(np.unique(bins)) <= set(np.unique(all_bins))  # nearest: no new bins
+    plain = next(iter(dataset.train_dataset(paths, 4, epoch=0, crop=16)))[0]
+    assert not np.array_equal(L, plain)
+    # eagerly, on one image: bins only from the image (nearest), L within its range
+    fn = dataset._augment(7, 16, flip=False, zoom=2)
+    zl, zb = fn(tf.constant(0, tf.int64), (tf.constant(all_L[0]), tf.constant(all_bins[0])))
+    assert zl.shape == (16, 16) and zl.dtype == tf.uint8 and zb.dtype == all_bins.dtype
+    assert set(np.unique(zb)) <= set(np.unique(all_bins[0]))
+    assert all_L[0].min() <= zl.numpy().min() and zl.numpy().max() <= all_L[0].max()
+    with pytest.raises(ValueError, match="zoom: expected >= 1"):
+        train.resolve_config(Path("/nonexistent/run"), None, {"zoom": 0.5})
     assert L.dtype.name == "float32" and bins.dtype.name == "int32"
     assert 0 <= float(L.numpy().min()) and float(L.numpy().max()) <= 100
     # each pipeline of a 2-worker run reads a disjoint half of the data
