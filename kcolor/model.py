@@ -89,23 +89,6 @@ class ColorizerInfo(keras.layers.Layer):
         return config
 
 
-def _output_bias(prior, table: color.BinTable, rebalance: str):
-    """Classifier bias initializer: the log of the best constant prediction.
-
-    Under the rebalanced loss that is the prior times the weights, renormalized (the
-    prior itself with rebalance 'none'). Starting there, the network need not spend its
-    first thousands of steps (Adam moves a bias by ~lr per step) learning that the bins'
-    frequencies span six orders of magnitude.
-    Bins never seen get a floor of 1e-7.
-    """
-    if prior is None:
-        return "zeros"
-    p = np.asarray(prior, np.float64)
-    q = p * color.rebalance_weights(p, table, rebalance)
-    q = np.maximum(q / q.sum(), 1e-7)
-    return keras.initializers.Constant(np.log(q / q.sum()).astype(np.float32))
-
-
 def _channels(base: int, width: float) -> int:
     return max(8, int(round(base * width)))
 
@@ -159,9 +142,7 @@ def build_model(
         # synchronized: batch statistics over the global batch, so that N replicas
         # train exactly like one device with the same global batch.
         x = keras.layers.BatchNormalization(synchronized=True, name=f"conv{block}_norm")(x)
-    logits = keras.layers.Conv2D(
-        table.size, 1, name="classifier", bias_initializer=_output_bias(prior, table, rebalance)
-    )(x)
+    logits = keras.layers.Conv2D(table.size, 1, name="classifier")(x)
     prior_list = None if prior is None else np.asarray(prior, np.float64).tolist()
     outputs = ColorizerInfo(
         bin_table=bin_table,

@@ -176,18 +176,3 @@ def test_soft_loss_matches_a_per_cell_loop():
     back = loss.SoftCrossEntropy.from_config(fn.get_config())
     np.testing.assert_array_equal(back.kernel, fn.kernel)
     assert back.stride == 4
-
-
-def test_classifier_bias_starts_at_the_best_constant_prediction():
-    table = color.get_bin_table("zhang313")
-    prior = np.random.default_rng(4).dirichlet(np.ones(313))
-    prior[:5] = 0  # bins never seen
-    prior /= prior.sum()
-    for rebalance in ("none", "zhang"):
-        net = model.build_model("zhang313", 0.0625, 32, rebalance, prior)
-        bias = net.get_layer("classifier").get_weights()[1]
-        best = prior * color.rebalance_weights(prior, table, rebalance)
-        best = np.maximum(best / best.sum(), 1e-7)
-        np.testing.assert_allclose(np.exp(bias), best / best.sum(), rtol=1e-4)
-    plain = model.build_model("zhang313", 0.0625, 32)
-    assert not plain.get_layer("classifier").get_weights()[1].any()  # no prior: zeros
