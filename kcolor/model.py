@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -197,6 +198,9 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: model file not found")
+    # Keras says "File not found" for a file that exists but is no zip archive
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a kcolor model (not a .keras zip archive)")
     try:
         net = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a bad file; one line for the user

@@ -79,8 +79,13 @@ def test_a_model_with_settings_from_a_newer_kcolor_loads_with_a_warning(tmp_path
 def test_not_a_kcolor_model(tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="bad.keras: not a kcolor model"):
+    with pytest.raises(ValueError, match=r"bad.keras: not a kcolor model \(not a .keras zip"):
         model.load_model(bad)
+    not_keras = tmp_path / "other.keras"
+    with zipfile.ZipFile(not_keras, "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(ValueError, match="other.keras: not a kcolor model"):
+        model.load_model(not_keras)
     with pytest.raises(ValueError, match="not found"):
         model.load_model(tmp_path / "missing.keras")
     net = model.build_model(width=0.125)
