@@ -414,9 +414,7 @@ def rebalance_weights(
         raise ValueError("bin counts: all zero; cannot derive rebalancing weights")
     p = counts / total
     if mode == "zhang":
-        d2 = ((table.centres[:, None, :] - table.centres[None, :, :]) ** 2).sum(-1)
-        kernel = np.exp(-d2 / (2.0 * sigma**2))
-        smoothed = kernel @ p
+        smoothed = _ab_gaussian(table, sigma) @ p
         smoothed /= smoothed.sum()
         w = 1.0 / ((1.0 - lam) * smoothed + lam / table.size)
         w /= (p * w).sum()
@@ -443,9 +441,14 @@ def target_kernel(table: BinTable, sigma: float = REBALANCE_SIGMA) -> np.ndarray
     """
     if sigma <= 0:
         raise ValueError(f"sigma: expected > 0, got {sigma}")
-    d2 = ((table.centres[:, None, :] - table.centres[None, :, :]) ** 2).sum(-1)
-    kernel = np.exp(-d2 / (2.0 * sigma**2))
+    kernel = _ab_gaussian(table, sigma)
     return (kernel / kernel.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _ab_gaussian(table: BinTable, sigma: float) -> np.ndarray:
+    """(Q, Q) float64 exp(-d^2 / 2 sigma^2), d the ab distance between bin centres."""
+    d2 = ((table.centres[:, None, :] - table.centres[None, :, :]) ** 2).sum(-1)
+    return np.exp(-d2 / (2.0 * sigma**2))
 
 
 # --- decoding ---------------------------------------------------------------

@@ -150,8 +150,8 @@ def _augment(seed, crop: int, flip: bool, zoom: float = 1.0):
 @tf.autograph.experimental.do_not_convert
 def _to_model(L, bins):
     """Batch of uint8 L / uint16 bins -> ((B,S,S,1) float32 L in [0,100], (B,S/4,S/4) int32)."""
-    L = tf.cast(L, tf.float32)[..., None] / color.L_UINT8_SCALE
-    return L, tf.cast(subsample_bins(bins), tf.int32)
+    L, bins = _to_model_full(L, bins)
+    return L, subsample_bins(bins)
 
 
 @tf.autograph.experimental.do_not_convert
