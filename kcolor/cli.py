@@ -12,6 +12,7 @@ Each command imports its module lazily so that `kcolor --help` is instant
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import click
@@ -21,6 +22,15 @@ from kcolor import __version__
 # TensorFlow's C++ start-up chatter (oneDNN, CPU feature notes) would bury the one-line
 # messages the commands print; users can still ask for it with TF_CPP_MIN_LOG_LEVEL=0.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    # Python's default format adds the source line of the warning's caller (often a Keras
+    # line) under the message: one line, like the commands' errors, reads better
+    return f"Warning: {message}\n"
+
+
+warnings.formatwarning = _one_line_warning
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

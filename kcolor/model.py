@@ -29,6 +29,7 @@ BLOCK_CONVS = (2, 2, 3, 3, 3, 3, 3, 3)
 BLOCK_DILATION = (1, 1, 1, 1, 2, 2, 1, 1)
 OUTPUT_STRIDE = 4  # logits come out at 1/4 of the input resolution
 INPUT_MULTIPLE = 8  # three stride-2 stages: sides must divide by 8
+INFO_WARNING = "kcolor_info:"  # prefix of the warnings ColorizerInfo gives while loading
 
 
 @keras.saving.register_keras_serializable(package="kcolor")
@@ -68,7 +69,7 @@ class ColorizerInfo(keras.layers.Layer):
         unknown = sorted(set(config) - known)
         if unknown:
             warnings.warn(
-                f"kcolor_info: ignoring settings unknown to this kcolor: {unknown}", stacklevel=2
+                f"{INFO_WARNING} ignoring settings unknown to this kcolor: {unknown}", stacklevel=2
             )
         return cls(**{k: v for k, v in config.items() if k not in unknown})
 
@@ -202,10 +203,17 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a kcolor model (not a .keras zip archive)")
     try:
-        net = keras.saving.load_model(path, compile=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            net = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a bad file; one line for the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a kcolor model ({first[:200]})") from None
+    for w in caught:  # ColorizerInfo's warnings do not know the file: name it
+        if str(w.message).startswith(INFO_WARNING):
+            warnings.warn(f"{path}: {w.message}", w.category, stacklevel=2)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     try:
         model_info(net)
     except ValueError:

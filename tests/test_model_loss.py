@@ -1,6 +1,8 @@
 """The network's shapes and saved settings, and the rebalanced loss."""
 
 import json
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -55,7 +57,8 @@ def test_saved_model_carries_its_settings(tmp_path):
     np.testing.assert_allclose(net(x), back(x), atol=1e-5)
 
 
-def test_a_model_with_settings_from_a_newer_kcolor_loads_with_a_warning(tmp_path):
+def _newer_model(tmp_path):
+    """A model file as a newer kcolor may write it: kcolor_info records an unknown setting."""
     net = model.build_model("zhang313", width=0.125, input_size=32)
     path = tmp_path / "m.keras"
     net.save(path)
@@ -70,10 +73,35 @@ def test_a_model_with_settings_from_a_newer_kcolor_loads_with_a_warning(tmp_path
                         layer["config"]["future_setting"] = 1.5
                 data = json.dumps(config).encode()
             dst.writestr(item, data)
-    with pytest.warns(UserWarning, match=r"ignoring settings .*\['future_setting'\]"):
+    return net, newer
+
+
+def test_a_model_with_settings_from_a_newer_kcolor_loads_with_a_warning(tmp_path):
+    net, newer = _newer_model(tmp_path)
+    with pytest.warns(
+        UserWarning, match=r"newer.keras: kcolor_info: ignoring settings .*\['future_setting'\]"
+    ):
         back = model.load_model(newer)
     x = np.random.default_rng(0).uniform(0, 100, (1, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(net(x), back(x), atol=1e-5)
+
+
+def test_the_command_line_prints_the_warning_in_one_line(tmp_path):
+    _, newer = _newer_model(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "kcolor", "decoding", str(newer)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "future_setting" in line]
+    assert lines == [
+        f"Warning: {newer}: kcolor_info: ignoring settings unknown to this kcolor: "
+        "['future_setting']"
+    ]
+    # nothing of the warning's source is printed under it
+    assert "warnings.warn" not in done.stderr and "from_config" not in done.stderr
 
 
 def test_not_a_kcolor_model(tmp_path):
