@@ -65,3 +65,12 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     _with_crops_csv(root, list("ppp"))
     assert cap_crops.main([str(root), str(tmp_path / "o"), "--per-photo", "0"]) == 1
     assert "per-photo: expected >= 1, got 0" in capsys.readouterr().err
+
+
+def test_an_out_folder_with_its_own_images_is_refused_before_writing(tmp_path, capsys):
+    root = _with_crops_csv(write_miniplaces(tmp_path / "mini", n_train=3, n_val=1, size=16), "pqr")
+    out = tmp_path / "o"
+    (out / "images").mkdir(parents=True)
+    assert cap_crops.main([str(root), str(out)]) == 1
+    assert "images: exists and is not a link to" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["images"]

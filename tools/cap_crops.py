@@ -66,6 +66,9 @@ def cap_root(source: Path, out: Path, per_photo: int) -> tuple[int, int]:
     for name in ("train.txt", "val.txt", "crops.csv", "images"):
         if not (source / name).exists():
             raise ValueError(f"{source}: has no {name} (expected a Miniplaces root with crops.csv)")
+    link = out / "images"
+    if (link.is_symlink() or link.exists()) and link.resolve() != (source / "images").resolve():
+        raise ValueError(f"{link}: exists and is not a link to {source / 'images'}")
     lines = (source / "train.txt").read_text().splitlines(keepends=True)
     kept = cap_lines(lines, read_sources(source / "crops.csv"), per_photo)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,11 +77,7 @@ def cap_root(source: Path, out: Path, per_photo: int) -> tuple[int, int]:
     tmp.write_text("".join(kept))
     os.replace(tmp, out / "train.txt")
     shutil.copyfile(source / "val.txt", out / "val.txt")
-    link = out / "images"
-    if link.is_symlink() or link.exists():
-        if link.resolve() != (source / "images").resolve():
-            raise ValueError(f"{link}: exists and is not a link to {source / 'images'}")
-    else:
+    if not link.is_symlink():
         link.symlink_to((source / "images").resolve(), target_is_directory=True)
     return len(kept), sum(1 for line in lines if line.strip())
 
