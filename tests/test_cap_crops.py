@@ -74,3 +74,12 @@ def test_an_out_folder_with_its_own_images_is_refused_before_writing(tmp_path, c
     assert cap_crops.main([str(root), str(out)]) == 1
     assert "images: exists and is not a link to" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["images"]
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    root = _with_crops_csv(write_miniplaces(tmp_path / "mini", n_train=3, n_val=1, size=16), "pqr")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cap_crops.main([str(root), str(blocker / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"Error: {blocker / 'out'}: ") and "Errno" not in err

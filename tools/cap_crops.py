@@ -90,7 +90,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         kept, listed = cap_root(args.source, args.out, args.per_photo)
-    except (OSError, ValueError) as e:
+    except OSError as e:  # "path: reason", without Python's "[Errno 2]"
+        print(f"Error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     print(
