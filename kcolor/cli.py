@@ -30,13 +30,12 @@ def _one_line_warning(message, category, filename, lineno, line=None):
     return f"Warning: {message}\n"
 
 
-warnings.formatwarning = _one_line_warning
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kcolor")
 def main():
     """Colorize black-and-white photos (Zhang, Isola & Efros, ECCV 2016)."""
+    # set when a command runs, not when kcolor.cli is imported (library users keep theirs)
+    warnings.formatwarning = _one_line_warning
 
 
 # --- prep ---------------------------------------------------------------------

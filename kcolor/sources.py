@@ -109,6 +109,15 @@ def list_source(
     return _list_folder(source, seed, val_fraction, exclude)
 
 
+def split_list_line(line: str) -> tuple[str, str] | None:
+    """(PATH, LABEL text) of a Miniplaces list line ('-1' when it has no label), or None
+    for a blank or '#' comment line. PATH may hold spaces: the label is the last field."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    return tuple(line.rsplit(maxsplit=1)) if len(line.split()) > 1 else (line, "-1")
+
+
 def _read_list(source: Path, name: str) -> list[Item]:
     """Items of a Miniplaces list: `PATH LABEL` lines, PATH relative to images/."""
     try:
@@ -117,11 +126,11 @@ def _read_list(source: Path, name: str) -> list[Item]:
         raise ValueError(f"{source / name}: expected a UTF-8 text list ({e})") from None
     items = []
     for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+        fields = split_list_line(line)
+        if fields is None:
             continue
         where = f"{name}:{number}"
-        path, label = line.rsplit(maxsplit=1) if len(line.split()) > 1 else (line, "-1")
+        path, label = fields
         try:
             label = int(label)
         except ValueError:

@@ -22,12 +22,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from kcolor.sources import split_list_line
+
 
 def cap_lines(lines: list[str], source_of: dict[str, str], per_photo: int) -> list[str]:
     """The list lines to keep: at most per_photo lines per source photo, in order.
 
     Args:
-        lines: train.txt lines, `PATH LABEL`.
+        lines: train.txt lines, `PATH LABEL` (blank and '#' lines are dropped).
         source_of: PATH -> source photo id.
     Raises:
         ValueError naming the line, for a PATH that crops.csv does not list.
@@ -35,9 +37,10 @@ def cap_lines(lines: list[str], source_of: dict[str, str], per_photo: int) -> li
     seen: collections.Counter[str] = collections.Counter()
     kept = []
     for number, line in enumerate(lines, 1):
-        if not line.strip():
+        fields = split_list_line(line)  # read as `kcolor prep` reads it
+        if fields is None:
             continue
-        path = line.split()[0]
+        path = fields[0]
         if path not in source_of:
             raise ValueError(f"train.txt:{number}: {path!r} is not in crops.csv")
         source = source_of[path]
