@@ -414,8 +414,7 @@ def rebalance_weights(
         raise ValueError("bin counts: all zero; cannot derive rebalancing weights")
     p = counts / total
     if mode == "zhang":
-        smoothed = _ab_gaussian(table, sigma) @ p
-        smoothed /= smoothed.sum()
+        smoothed = smoothed_prior(p, table, sigma)
         w = 1.0 / ((1.0 - lam) * smoothed + lam / table.size)
         w /= (p * w).sum()
         return w.astype(np.float32)
@@ -426,6 +425,19 @@ def rebalance_weights(
         w[~seen] = w[seen].max()
         return w.astype(np.float32)
     raise ValueError(f"rebalance: expected one of {REBALANCE_MODES}, got {mode!r}")
+
+
+def smoothed_prior(prior: np.ndarray, table: BinTable, sigma: float = REBALANCE_SIGMA):
+    """The prior p~ of Zhang et al. eq. 4: bin frequencies smoothed with a Gaussian in ab.
+
+    Args:
+        prior: (Q,) bin frequencies or counts (any non-negative scale).
+        sigma: the Gaussian's standard deviation in ab units.
+    Returns:
+        (Q,) float64, summing to 1. Bins far from every seen color may be 0 (underflow).
+    """
+    smoothed = _ab_gaussian(table, sigma) @ np.asarray(prior, np.float64)
+    return smoothed / smoothed.sum()
 
 
 def target_kernel(table: BinTable, sigma: float = REBALANCE_SIGMA) -> np.ndarray:

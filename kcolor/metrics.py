@@ -11,7 +11,12 @@ Each truth photo loses its color, is colorized by the code path of `kcolor color
 (a = b = 0), since a model that does not beat gray has learnt nothing:
 - AuC: area under the cumulative curve of per-pixel ab errors (fraction of pixels with
   L2 ab error <= t, t = 0..150), normalized to 100 % (Zhang et al. 2016, Sec. 3.1);
-  "rebalanced" weights each pixel by 1 / prior of its true ab bin.
+  "rebalanced" weights each pixel inversely by the probability of its true ab bin, as
+  Zhang et al.'s Table 1 does: 1 / p~, p~ the prior smoothed as in their eq. 4 (lambda = 0).
+  Each photo gets its own AuCs; the summary that compares with the paper pools the pixels
+  of all photos ("all pixels"), as the paper's fraction of pixels does. The mean of the
+  photos' rebalanced AuCs is a different figure: within one photo the weights are
+  normalized over that photo's pixels, so its few rarest pixels dominate it.
 - PSNR and SSIM on 8-bit RGB; colorfulness (Hasler & Suesstrunk 2003) and its distance
   to the truth's; top-1 accuracy of the argmax bin at the network's output resolution.
 """
@@ -82,12 +87,17 @@ def auc(ab_pred, ab_true, weights=None) -> float:
     return auc_from_histogram(error_histogram(ab_pred, ab_true, np.arange(w.size), w.size), w)
 
 
-def inverse_prior_weights(prior) -> np.ndarray:
-    """(Q,) weights 1 / p of each bin; a bin with p = 0 counts as the rarest seen bin."""
+def class_balance_weights(prior, table: color.BinTable) -> np.ndarray:
+    """(Q,) weights of the rebalanced AuC: 1 / p~, p~ = `color.smoothed_prior(prior)`.
+
+    This is Zhang et al.'s eq. 4 with lambda = 0, as their Table 1 specifies. A bin whose
+    smoothed prior underflows to 0 counts as the rarest bin with a positive one.
+    """
     p = np.asarray(prior, np.float64)
-    if not (p > 0).any():
-        raise ValueError("prior: all zero; cannot rebalance")
-    return 1.0 / np.where(p > 0, p, p[p > 0].min())
+    if p.shape != (table.size,) or not (p > 0).any():
+        raise ValueError(f"prior: expected {table.size} non-negative values, not all zero")
+    smoothed = color.smoothed_prior(p, table)
+    return 1.0 / np.where(smoothed > 0, smoothed, smoothed[smoothed > 0].min())
 
 
 def psnr(truth, pred) -> float:
@@ -219,9 +229,12 @@ def evaluate(
         colorizer: a `kcolor.infer.Colorizer`.
         on_image: called with (path, None or the one-line problem) after each photo.
     Returns:
-        report: {"images": [per-photo record], "mean": {...}, "failed": [...], "prior":
-        "model" or "truth", ...}; each record has "model" and "gray" dicts of METRICS
-        (AuC, top-1 in %), "truth_colorfulness", "image", "width", "height".
+        report: {"images": [per-photo record], "mean": {...}, "all_pixels": {...},
+        "failed": [...], "prior": "model" or "truth", ...}; each record, and "mean" (of the
+        records), has "model" and "gray" dicts of METRICS (AuC, top-1 in %), and records
+        also "truth_colorfulness", "image", "width", "height". "all_pixels" has "model"
+        and "gray" dicts of "auc" and "auc_rebalanced" over the pooled pixels of all
+        photos (Zhang et al.'s Table 1 figures).
     """
     workers = workers or os.cpu_count() or 1
     table = colorizer.table
@@ -265,20 +278,27 @@ def evaluate(
                 if on_image:
                     on_image(path, None)
 
-    # Rebalanced AuC: pixels weighted by 1 / prior of their true bin (Zhang et al. Sec. 3.1).
+    # Rebalanced AuC: pixels weighted by 1 / smoothed prior of their true bin (Zhang et al.).
     prior, source = colorizer.info.get("prior"), "model"
     if prior is None or len(prior) != table.size:
         counts = np.zeros(table.size * (AUC_MAX_THRESHOLD + 2), np.int64)
         for sparse in hists:
             np.add.at(counts, *sparse["gray"])
         prior, source = counts.reshape(table.size, -1).sum(1), "truth"
-    weights = inverse_prior_weights(prior) if records else None
+    weights = class_balance_weights(prior, table) if records else None
+    pooled = {k: np.zeros((table.size, AUC_MAX_THRESHOLD + 2), np.int64) for k in ("model", "gray")}
     for record, sparse in zip(records, hists, strict=True):
         for k, (idx, cnt) in sparse.items():
             dense = np.zeros(table.size * (AUC_MAX_THRESHOLD + 2), np.int64)
             dense[idx] = cnt
-            record[k]["auc_rebalanced"] = auc_from_histogram(dense.reshape(table.size, -1), weights)
+            dense = dense.reshape(table.size, -1)
+            pooled[k] += dense
+            record[k]["auc_rebalanced"] = auc_from_histogram(dense, weights)
     mean = {k: {m: _nanmean(r[k][m] for r in records) for m in METRICS} for k in ("model", "gray")}
+    all_pixels = {
+        k: {"auc": auc_from_histogram(h), "auc_rebalanced": auc_from_histogram(h, weights)}
+        for k, h in pooled.items()
+    }
     mean["truth_colorfulness"] = _nanmean(r["truth_colorfulness"] for r in records)
     return {
         "count": len(records),
@@ -289,6 +309,7 @@ def evaluate(
         "rebalance_strength": colorizer.rebalance_strength,
         "prior": source,
         "mean": mean,
+        "all_pixels": all_pixels,
         "images": records,
         "failed": failed,
     }
@@ -352,6 +373,9 @@ def format_table(report: dict) -> str:
     lines += [row(short(r["image"]), r) for r in report["images"]]
     if report["images"]:
         lines.append(row(f"mean of {report['count']}", report["mean"]))
+        if report.get("all_pixels"):
+            auc_only = {k: dict.fromkeys(METRICS) | v for k, v in report["all_pixels"].items()}
+            lines.append(row("all pixels", auc_only))
         c = report["mean"]["truth_colorfulness"]
         prior = {
             "model": "the model's training prior",
@@ -368,6 +392,8 @@ def format_table(report: dict) -> str:
             rebal = "as trained" if strength is None else f"{strength:g}"
             lines.append(f"decoding: {how}, rebalance strength {rebal}")
         lines.append(
-            f"AuC-rb weights pixels by 1 / prior of their true bin; prior: {prior[report['prior']]}"
+            "AuC-rb weights pixels by 1 / prior of their true bin (smoothed as in Zhang et al.); "
+            f"prior: {prior[report['prior']]}"
         )
+        lines.append("all pixels: AuCs over the pooled pixels of all photos, as in Zhang et al.")
     return "\n".join(lines)

@@ -41,7 +41,28 @@ def test_auc_weights():
     hist = metrics.error_histogram(pred, truth, bins=[0, 0, 1, 1], n_bins=2)
     assert hist.shape == (2, 152) and hist.sum() == 4
     assert metrics.auc_from_histogram(hist, [3, 1]) == pytest.approx(75.0)
-    np.testing.assert_allclose(metrics.inverse_prior_weights([0.5, 0.25, 0.0]), [2, 4, 4])
+
+
+def test_class_balance_weights_are_the_inverse_smoothed_prior():
+    table = color.get_bin_table("zhang313")
+    prior = np.zeros(table.size)
+    prior[[0, 1, 150]] = [0.5, 0.3, 0.2]
+    # Zhang et al. eq. 4, lambda = 0, written out per bin
+    d2 = ((table.centres[:, None] - table.centres[None]) ** 2).sum(-1)
+    smoothed = np.array(
+        [
+            sum(np.exp(-d2[q, j] / 50) * prior[j] for j in range(table.size))
+            for q in range(table.size)
+        ]
+    )
+    smoothed /= smoothed.sum()
+    w = metrics.class_balance_weights(prior, table)
+    seen = smoothed > 0
+    np.testing.assert_allclose(w[seen], 1 / smoothed[seen], rtol=1e-9)
+    assert (w[~seen] == w[seen].max()).all()  # underflowed bins: the rarest positive one
+    assert w[150] > w[0]  # the rarer color weighs more
+    with pytest.raises(ValueError, match="prior"):
+        metrics.class_balance_weights(np.zeros(table.size), table)
 
 
 def test_psnr_ssim():
@@ -104,14 +125,32 @@ def test_evaluate_against_gray(model_path, tmp_path):
     assert [f.name for f in tmp_path.glob(".*")] == []  # no temporary left
 
 
-def test_evaluate_uses_the_model_prior(tmp_path):
-    prior = np.full(313, 1 / 313)
+def test_evaluate_pools_all_pixels_and_uses_the_model_prior(tmp_path):
+    table = color.get_bin_table("zhang313")
+    rgb = np.array([200, 30, 30], np.uint8)
+    ab_red = color.rgb_to_lab(rgb)[1:]
+    red_bin, gray_bin = table.quantize(ab_red), table.quantize(np.zeros(2, np.float32))
+    prior = np.full(table.size, 1e-3)
+    prior[gray_bin] = 1.0  # red is rare
     model.build_model(width=0.0625, input_size=32, prior=prior).save(tmp_path / "m.keras")
-    Image.fromarray(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "c.png")
-    report = metrics.evaluate([tmp_path / "c.png"], infer.load_colorizer(tmp_path / "m.keras"))
+    Image.new("L", (20, 12), 90).save(tmp_path / "a_gray.png")  # 240 pixels
+    Image.new("RGB", (10, 10), tuple(int(v) for v in rgb)).save(tmp_path / "b_red.png")  # 100
+    paths = sorted(tmp_path.glob("*.png"))
+    report = metrics.evaluate(paths, infer.load_colorizer(tmp_path / "m.keras"))
     assert report["prior"] == "model"
-    rec = report["images"][0]["model"]  # a uniform prior weighs all pixels alike
-    assert rec["auc_rebalanced"] == pytest.approx(rec["auc"])
+    # the gray baseline: exact on the gray photo, off by |ab_red| on every red pixel
+    a_red = metrics.auc(np.zeros((1, 2)), ab_red[None])
+    assert [r["gray"]["auc"] for r in report["images"]] == pytest.approx([100, a_red], abs=0.05)
+    assert report["mean"]["gray"]["auc"] == pytest.approx((100 + a_red) / 2, abs=0.05)
+    pooled = report["all_pixels"]["gray"]
+    assert pooled["auc"] == pytest.approx((240 * 100 + 100 * a_red) / 340, abs=0.05)
+    w = metrics.class_balance_weights(prior, table)
+    want = (240 * w[gray_bin] * 100 + 100 * w[red_bin] * a_red) / (
+        240 * w[gray_bin] + 100 * w[red_bin]
+    )
+    assert pooled["auc_rebalanced"] == pytest.approx(want, abs=0.05)
+    assert pooled["auc_rebalanced"] < pooled["auc"] - 10  # the rare red pixels count
+    assert "all pixels" in metrics.format_table(report)
 
 
 def test_evaluate_command(model_path, tmp_path):

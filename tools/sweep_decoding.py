@@ -4,8 +4,9 @@
         --strengths 0,0.5,1 [--json sweep.json]
 
 photos.txt lists truth photos, one path a line, that the model was not trained on. For each
-setting it runs `kcolor evaluate`'s scoring (kcolor.metrics.evaluate) and prints the means
-beside the grayscale baseline; pick one and record it with
+setting it runs `kcolor evaluate`'s scoring (kcolor.metrics.evaluate) and prints the AuCs
+over all pixels (Zhang et al.'s figures) and the mean colorfulness beside the grayscale
+baseline; pick one and record it with
 `kcolor decoding MODEL.keras --temperature T --rebalance-strength S`. The network runs once
 per setting: the scoring at full resolution costs more than the forward pass.
 """
@@ -30,7 +31,7 @@ def sweep(model_path, paths, temperatures, strengths, echo=print) -> list[dict]:
         for s in strengths:
             colorizer = infer.Colorizer(base.net, temperature=t, rebalance_strength=s)
             report = metrics.evaluate(paths, colorizer)
-            model, gray = report["mean"]["model"], report["mean"]["gray"]
+            model, gray = report["all_pixels"]["model"], report["all_pixels"]["gray"]
             row = {
                 "temperature": t,
                 "rebalance_strength": s,
@@ -39,7 +40,9 @@ def sweep(model_path, paths, temperatures, strengths, echo=print) -> list[dict]:
                 "auc_gray": gray["auc"],
                 "auc_rebalanced": model["auc_rebalanced"],
                 "auc_rebalanced_gray": gray["auc_rebalanced"],
-                "colorfulness": model["colorfulness"],
+                "auc_rebalanced_image_mean": report["mean"]["model"]["auc_rebalanced"],
+                "auc_rebalanced_image_mean_gray": report["mean"]["gray"]["auc_rebalanced"],
+                "colorfulness": report["mean"]["model"]["colorfulness"],
                 "colorfulness_truth": report["mean"]["truth_colorfulness"],
             }
             rows.append(row)
