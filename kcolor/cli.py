@@ -405,7 +405,9 @@ def evaluate(truth, recursive, limit, json_path, batch_size, **network):
     own resolution; the table gives, per photo and on average, model and grayscale
     baseline (a = b = 0) side by side: AuC of the per-pixel ab error (thresholds
     0..150) raw and class-rebalanced, PSNR, SSIM, colorfulness and its distance to
-    the truth's, and top-1 bin accuracy at the network's output resolution.
+    the truth's, and top-1 bin accuracy at the network's output resolution. The "all
+    pixels" row gives both AuCs over the pooled pixels of all photos, as Zhang et al.
+    report them.
     """
     import sys
 

@@ -21,7 +21,7 @@ PRECISION=${PRECISION:-mixed_bfloat16}
     --checkpoint-every 1057 --val-images 0
 cp "$WORK/runs/bundled/model.keras" kcolor/weights/model.keras
 # the decoding chosen on half of the val photos (MODEL_CARD.md, "Choosing the decoding")
-"$KCOLOR" decoding kcolor/weights/model.keras --temperature 1 --rebalance-strength 0.75
+"$KCOLOR" decoding kcolor/weights/model.keras --temperature 0.38 --rebalance-strength 0.75
 sed 's|^|'"$PHOTOS"'/images/|; s| [0-9]*$||' "$PHOTOS/val.txt" > "$WORK/val-files.txt"
 xargs -a "$WORK/val-files.txt" "$KCOLOR" evaluate --model kcolor/weights/model.keras \
     --json "$WORK/bundled-val.json" > "$WORK/bundled-val.txt"
