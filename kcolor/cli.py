@@ -395,7 +395,7 @@ def colorize(inputs, out, recursive, fmt, compare, batch_size, **network):
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the report (per photo and mean) to this JSON file.",
+    help="Also write the report (per photo, mean, all pixels) to this JSON file.",
 )
 @_network_options
 def evaluate(truth, recursive, limit, json_path, batch_size, **network):

@@ -14,9 +14,11 @@ Each truth photo loses its color, is colorized by the code path of `kcolor color
   "rebalanced" weights each pixel inversely by the probability of its true ab bin, as
   Zhang et al.'s Table 1 does: 1 / p~, p~ the prior smoothed as in their eq. 4 (lambda = 0).
   Each photo gets its own AuCs; the summary that compares with the paper pools the pixels
-  of all photos ("all pixels"), as the paper's fraction of pixels does. The mean of the
-  photos' rebalanced AuCs is a different figure: within one photo the weights are
-  normalized over that photo's pixels, so its few rarest pixels dominate it.
+  of all photos ("all pixels"), reading the paper's "percentage of predicted pixel colors"
+  as one over the whole test set. The mean of the photos' rebalanced AuCs is a different
+  figure: each photo's weights are normalized over its own pixels, so a photo's few rarest
+  pixels set its score. Pooled, the rare pixels weigh as much as ever, but against all the
+  set's pixels: a few photos full of rare colors carry most of the weight.
 - PSNR and SSIM on 8-bit RGB; colorfulness (Hasler & Suesstrunk 2003) and its distance
   to the truth's; top-1 accuracy of the argmax bin at the network's output resolution.
 """
@@ -90,14 +92,16 @@ def auc(ab_pred, ab_true, weights=None) -> float:
 def class_balance_weights(prior, table: color.BinTable) -> np.ndarray:
     """(Q,) weights of the rebalanced AuC: 1 / p~, p~ = `color.smoothed_prior(prior)`.
 
-    This is Zhang et al.'s eq. 4 with lambda = 0, as their Table 1 specifies. A bin whose
-    smoothed prior underflows to 0 counts as the rarest bin with a positive one.
+    This is Zhang et al.'s eq. 4 with lambda = 0, as their Table 1 specifies. A bin that
+    the prior never saw gets at most the weight of the rarest bin it saw: smoothing leaves
+    such a bin only the tails of distant colors' Gaussians (or 0), and 1 / that would let
+    one stray pixel outweigh a whole photo set. (Their ImageNet prior saw every bin.)
     """
     p = np.asarray(prior, np.float64)
-    if p.shape != (table.size,) or not (p > 0).any():
+    if p.shape != (table.size,) or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
         raise ValueError(f"prior: expected {table.size} non-negative values, not all zero")
     smoothed = color.smoothed_prior(p, table)
-    return 1.0 / np.where(smoothed > 0, smoothed, smoothed[smoothed > 0].min())
+    return 1.0 / np.maximum(smoothed, smoothed[p > 0].min())
 
 
 def psnr(truth, pred) -> float:

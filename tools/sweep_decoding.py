@@ -36,10 +36,10 @@ def sweep(model_path, paths, temperatures, strengths, echo=print) -> list[dict]:
                 "temperature": t,
                 "rebalance_strength": s,
                 "images": report["count"],
-                "auc": model["auc"],
-                "auc_gray": gray["auc"],
-                "auc_rebalanced": model["auc_rebalanced"],
-                "auc_rebalanced_gray": gray["auc_rebalanced"],
+                "auc_all_pixels": model["auc"],
+                "auc_all_pixels_gray": gray["auc"],
+                "auc_rebalanced_all_pixels": model["auc_rebalanced"],
+                "auc_rebalanced_all_pixels_gray": gray["auc_rebalanced"],
                 "auc_rebalanced_image_mean": report["mean"]["model"]["auc_rebalanced"],
                 "auc_rebalanced_image_mean_gray": report["mean"]["gray"]["auc_rebalanced"],
                 "colorfulness": report["mean"]["model"]["colorfulness"],
@@ -48,9 +48,9 @@ def sweep(model_path, paths, temperatures, strengths, echo=print) -> list[dict]:
             rows.append(row)
             echo(
                 f"T {t:<5g} strength {s:<5g} "
-                f"AuC {row['auc']:5.2f} ({row['auc'] - row['auc_gray']:+.2f} vs gray)  "
-                f"AuC-rb {row['auc_rebalanced']:5.2f} "
-                f"({row['auc_rebalanced'] - row['auc_rebalanced_gray']:+.2f})  "
+                f"AuC {model['auc']:5.2f} ({model['auc'] - gray['auc']:+.2f} vs gray)  "
+                f"AuC-rb {model['auc_rebalanced']:5.2f} "
+                f"({model['auc_rebalanced'] - gray['auc_rebalanced']:+.2f})  "
                 f"colorfulness {row['colorfulness']:4.1f} "
                 f"(truth {row['colorfulness_truth']:.1f})"
             )
