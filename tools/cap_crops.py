@@ -82,7 +82,7 @@ def cap_root(source: Path, out: Path, per_photo: int) -> tuple[int, int]:
     shutil.copyfile(source / "val.txt", out / "val.txt")
     if not link.is_symlink():
         link.symlink_to((source / "images").resolve(), target_is_directory=True)
-    return len(kept), sum(1 for line in lines if line.strip())
+    return len(kept), sum(split_list_line(line) is not None for line in lines)
 
 
 def main(argv=None) -> int:
