@@ -155,6 +155,12 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
     help="JSON or TOML file of settings (flags override it).",
 )
 @click.option(
+    "--arch",
+    type=click.Choice(["eccv16", "effnet_lite0"]),
+    help="eccv16: the paper's network; effnet_lite0: an ImageNet-pretrained EfficientNet-Lite0 "
+    "encoder with a U-Net decoder.  [default: eccv16]",
+)
+@click.option(
     "--width",
     type=float,
     help="Channel multiplier: 1.0 = the paper (32M params), 0.25 suits a CPU.  [default: 1.0]",

@@ -55,7 +55,7 @@ class Colorizer:
     Args:
         net: a model from `kcolor.model.build_model` / `load_model`.
         size: side the lightness is resized to (None: the model's input_size); rounded
-            to a multiple of 8.
+            to a multiple of `model.input_multiple` of its arch.
         decode, temperature: see `kcolor.color.decode_ab` (None: the model's recorded
             temperature; the paper's T = 0.38 unless `kcolor decoding` changed it).
         rebalance_strength: see `kcolor.color.rebalance_logits` (None: the model's
@@ -93,9 +93,8 @@ class Colorizer:
         if decode == "annealed" and temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {temperature}")
         size = int(size or info["input_size"])
-        self.side = max(
-            model.INPUT_MULTIPLE, round(size / model.INPUT_MULTIPLE) * model.INPUT_MULTIPLE
-        )
+        multiple = model.input_multiple(info.get("arch", "eccv16"))
+        self.side = max(multiple, round(size / multiple) * multiple)
         self.net, self.info = net, info
         self.table = color.get_bin_table(info["bin_table"])
         self.decode, self.temperature, self.replicas = decode, temperature, replicas

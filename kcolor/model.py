@@ -1,8 +1,13 @@
-"""The ECCV16 colorization network (Zhang, Isola & Efros 2016) as a Keras 3 model.
+"""kcolor's networks as Keras 3 models: L in, per-pixel logits over the Q ab bins out.
 
     >>> from kcolor import model
-    >>> net = model.build_model("zhang313", width=0.25, input_size=128)
+    >>> net = model.build_model("zhang313", width=0.25, input_size=128)   # arch="eccv16"
+    >>> net = model.build_model(arch="effnet_lite0", input_size=128)      # ImageNet encoder
     >>> logits = net(L)          # (B, H, W, 1) L in [0, 100] -> (B, H/4, W/4, Q)
+
+- eccv16: the network of Zhang, Isola & Efros (ECCV 2016), the reference.
+- effnet_lite0: an ImageNet-pretrained EfficientNet-Lite0 encoder (kcolor.encoder) fed
+  the gray photo, and a light U-Net decoder over its stride 4-32 features.
     >>> net.save("run/model.keras"); net = model.load_model("run/model.keras")
 
 The saved model carries its bin table, width, input size, rebalancing settings and
@@ -28,7 +33,10 @@ BLOCK_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 256)
 BLOCK_CONVS = (2, 2, 3, 3, 3, 3, 3, 3)
 BLOCK_DILATION = (1, 1, 1, 1, 2, 2, 1, 1)
 OUTPUT_STRIDE = 4  # logits come out at 1/4 of the input resolution
-INPUT_MULTIPLE = 8  # three stride-2 stages: sides must divide by 8
+INPUT_MULTIPLE = 8  # eccv16: three stride-2 stages, sides must divide by 8
+ARCHS = ("eccv16", "effnet_lite0")
+# effnet_lite0's decoder: channels (at width 1) of the stages at strides 16, 8 and 4
+DECODER_CHANNELS = (256, 192, 128)
 INFO_WARNING = "kcolor_info:"  # prefix of the warnings ColorizerInfo gives while loading
 
 
@@ -46,6 +54,7 @@ class ColorizerInfo(keras.layers.Layer):
         format_version=1,
         temperature=color.ANNEALED_T,
         rebalance_strength=None,
+        arch="eccv16",
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -60,6 +69,7 @@ class ColorizerInfo(keras.layers.Layer):
         # None: decode the distribution as trained
         self.temperature = float(temperature)
         self.rebalance_strength = None if rebalance_strength is None else float(rebalance_strength)
+        self.arch = arch
 
     @classmethod
     def from_config(cls, config):
@@ -87,12 +97,53 @@ class ColorizerInfo(keras.layers.Layer):
             format_version=self.format_version,
             temperature=self.temperature,
             rebalance_strength=self.rebalance_strength,
+            arch=self.arch,
         )
         return config
 
 
+@keras.saving.register_keras_serializable(package="kcolor")
+class GrayRGB(keras.layers.Layer):
+    """L in [0, 100] -> the sRGB gray of that lightness, in [0, 1], as 3 equal channels.
+
+    An ImageNet encoder was trained on sRGB photos: a gray photo's sRGB value, not L/100,
+    is what it saw. (B, H, W, 1) float -> (B, H, W, 3) float32.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, L):
+        ops = keras.ops
+        t = (ops.cast(L, "float32") + 16.0) / 116.0
+        # CIE's inverse f (D65 Y of a gray: X = Y = Z relative to white)
+        delta = 6.0 / 29.0
+        y = ops.where(t > delta, t**3, 3.0 * delta**2 * (t - 4.0 / 29.0))
+        y = ops.clip(y, 0.0, 1.0)
+        # sRGB transfer curve (IEC 61966-2-1)
+        srgb = ops.where(
+            y <= 0.0031308, 12.92 * y, 1.055 * ops.power(ops.maximum(y, 1e-8), 1 / 2.4) - 0.055
+        )
+        return ops.concatenate([srgb] * 3, axis=-1)
+
+
 def _channels(base: int, width: float) -> int:
     return max(8, int(round(base * width)))
+
+
+def input_multiple(arch: str) -> int:
+    """What the input sides of an `arch` network must divide by."""
+    from kcolor import encoder
+
+    check_arch(arch)
+    return encoder.STRIDE if arch == "effnet_lite0" else INPUT_MULTIPLE
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
+    return arch
 
 
 def build_model(
@@ -101,23 +152,78 @@ def build_model(
     input_size: int = 128,
     rebalance: str = "zhang",
     prior: np.ndarray | None = None,
+    arch: str = "eccv16",
+    pretrained: bool = True,
 ) -> keras.Model:
-    """The ECCV16 network.
+    """A colorization network.
 
     Args:
         bin_table: name of the ab bin table; Q = its size.
-        width: channel multiplier (1.0 = the paper's 64..512 channels, ~32M parameters).
-        input_size: the training/inference side (the net is fully convolutional; any
-            side divisible by 8 works).
+        width: channel multiplier (eccv16: 1.0 = the paper's 64..512 channels, ~32M
+            parameters; effnet_lite0: of the decoder's DECODER_CHANNELS).
+        input_size: the training/inference side (the nets are fully convolutional; any
+            side divisible by `input_multiple(arch)` works).
         rebalance, prior: recorded in the model (the training settings and the (Q,)
             bin prior of the training set), used by evaluation.
+        arch: one of ARCHS.
+        pretrained: effnet_lite0 only: start the encoder from its ImageNet weights.
     Returns:
         keras.Model: (B, H, W, 1) float L in [0, 100] -> (B, H/4, W/4, Q) float32 logits.
     """
     table = color.get_bin_table(bin_table)
-    if input_size % INPUT_MULTIPLE:
-        raise ValueError(f"input_size: expected a multiple of {INPUT_MULTIPLE}, got {input_size}")
+    multiple = input_multiple(arch)
+    if input_size % multiple:
+        raise ValueError(f"input_size: expected a multiple of {multiple}, got {input_size}")
     inputs = keras.Input((None, None, 1), name="L")
+    if arch == "effnet_lite0":
+        x = _effnet_lite0_trunk(inputs, width)
+    else:
+        x = _eccv16_trunk(inputs, width)
+    logits = keras.layers.Conv2D(table.size, 1, name="classifier")(x)
+    prior_list = None if prior is None else np.asarray(prior, np.float64).tolist()
+    outputs = ColorizerInfo(
+        bin_table=bin_table,
+        width=width,
+        input_size=input_size,
+        rebalance=rebalance,
+        prior=prior_list,
+        arch=arch,
+        name="kcolor_info",
+    )(logits)
+    name = f"eccv16_w{width:g}" if arch == "eccv16" else f"{arch}_w{width:g}"
+    net = keras.Model(inputs, outputs, name=name)
+    if arch == "effnet_lite0" and pretrained:
+        from kcolor import encoder
+
+        encoder.load_imagenet_weights(net)
+    return net
+
+
+def _effnet_lite0_trunk(L, width: float):
+    """Encoder features at strides 4-32 -> a U-Net decoder back to stride 4."""
+    from kcolor import encoder
+
+    rgb = GrayRGB(name="gray_rgb")(L)
+    x = keras.layers.Rescaling(
+        1.0 / encoder.RGB_STD, offset=-encoder.RGB_MEAN / encoder.RGB_STD, name="normalize"
+    )(rgb)
+    blocks = encoder.backbone(x)
+    skips = [blocks[i] for i in encoder.FEATURE_BLOCKS.values()]  # strides 4, 8, 16, 32
+    x = skips[-1]
+    for stage, (skip, base) in enumerate(zip(skips[-2::-1], DECODER_CHANNELS, strict=True)):
+        ch = _channels(base, width)
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up{stage}")(x)
+        x = keras.layers.Concatenate(name=f"skip{stage}")([x, skip])
+        for i in range(2):
+            x = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False, name=f"dec{stage}_{i}")(
+                x
+            )
+            x = keras.layers.BatchNormalization(synchronized=True, name=f"dec{stage}_{i}_bn")(x)
+            x = keras.layers.ReLU(name=f"dec{stage}_{i}_relu")(x)
+    return x
+
+
+def _eccv16_trunk(inputs, width: float):
     # Data contract of richzhang/colorization: L centred at 50, scaled by 1/100.
     x = keras.layers.Rescaling(1.0 / color.L_SCALE, offset=-color.L_CENTRE / color.L_SCALE)(inputs)
     for block, (base, convs, dilation) in enumerate(
@@ -144,17 +250,7 @@ def build_model(
         # synchronized: batch statistics over the global batch, so that N replicas
         # train exactly like one device with the same global batch.
         x = keras.layers.BatchNormalization(synchronized=True, name=f"conv{block}_norm")(x)
-    logits = keras.layers.Conv2D(table.size, 1, name="classifier")(x)
-    prior_list = None if prior is None else np.asarray(prior, np.float64).tolist()
-    outputs = ColorizerInfo(
-        bin_table=bin_table,
-        width=width,
-        input_size=input_size,
-        rebalance=rebalance,
-        prior=prior_list,
-        name="kcolor_info",
-    )(logits)
-    return keras.Model(inputs, outputs, name=f"eccv16_w{width:g}")
+    return x
 
 
 def model_info(net: keras.Model) -> dict:

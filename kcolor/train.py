@@ -30,6 +30,7 @@ CONFIG_NAME = "config.json"
 
 @dataclasses.dataclass
 class FitConfig:
+    arch: str = "eccv16"  # eccv16 (the paper's network) | effnet_lite0 (ImageNet encoder + U-Net)
     width: float = 1.0  # channel multiplier; 1.0 = the paper (32M params), 0.25 for CPUs
     batch_size: int = 32  # global batch, split over all replicas
     epochs: int = 10
@@ -54,7 +55,7 @@ class FitConfig:
     time_limit: float = 0.0  # minutes of training in this invocation (0 = none)
 
     # settings that fix the network's shape: a resumed run must keep them
-    FROZEN = ("width", "rebalance", "targets", "crop", "seed")
+    FROZEN = ("arch", "width", "rebalance", "targets", "crop", "seed")
 
 
 PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
@@ -119,6 +120,9 @@ def _read_config_file(path: Path, known: dict) -> dict:
 
 
 def _validate(cfg: FitConfig) -> None:
+    from kcolor import model
+
+    model.check_arch(cfg.arch)
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {cfg.precision!r}")
     if cfg.rebalance not in color.REBALANCE_MODES:
@@ -133,8 +137,9 @@ def _validate(cfg: FitConfig) -> None:
         raise ValueError(f"warmup_steps: expected >= 0, got {cfg.warmup_steps}")
     if cfg.zoom < 1:
         raise ValueError(f"zoom: expected >= 1, got {cfg.zoom}")
-    if cfg.crop % 8:
-        raise ValueError(f"crop: expected a multiple of 8, got {cfg.crop}")
+    multiple = model.input_multiple(cfg.arch)
+    if cfg.crop % multiple:
+        raise ValueError(f"crop: expected a multiple of {multiple} for {cfg.arch}, got {cfg.crop}")
     if cfg.batch_size < 1 or cfg.width <= 0:
         raise ValueError("batch_size and width must be positive")
 
@@ -195,9 +200,10 @@ def fit(
     stats = shards.load_stats(shard_dir)
     counts = np.asarray(stats["bin_counts"], np.int64)
     train_side = cfg.crop or size
-    if train_side > size or train_side % 8:
+    multiple = model.input_multiple(cfg.arch)
+    if train_side > size or train_side % multiple:
         raise ValueError(
-            f"crop: expected a multiple of 8 <= the shards' size {size}, got {cfg.crop}"
+            f"crop: expected a multiple of {multiple} <= the shards' size {size}, got {cfg.crop}"
         )
 
     strategy = strategy or make_strategy()
@@ -223,12 +229,14 @@ def fit(
     if cfg.batch_size % replicas:
         raise ValueError(f"batch_size {cfg.batch_size}: must divide by {replicas} replicas")
     echo(
-        f"Creating model (width {cfg.width:g}, {table.name}, {cfg.precision}, {replicas} replica(s))..."
+        f"Creating model ({cfg.arch}, width {cfg.width:g}, {table.name}, {cfg.precision}, {replicas} replica(s))..."
     )
     with strategy.scope():
         # input_size = the shards' side even when training on crops: objects keep the
         # scale they were seen at, and colorize resizes photos to that side.
-        net = model.build_model(table.name, cfg.width, size, cfg.rebalance, prior)
+        net = model.build_model(
+            table.name, cfg.width, size, cfg.rebalance, prior, arch=cfg.arch
+        )
         if init_model is not None:
             init = model.load_model(init_model)
             model.check_bin_table(init, table, str(shard_dir))
