@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kcolor import color, dataset, loss, model, prep, shards, train
+from kcolor import dataset, loss, model, prep, rebalance, shards, train
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos-train"
 
@@ -48,7 +48,7 @@ def run(shard_dir, width: float, precision: str, batch: int, steps: int, rounds:
         opt = keras.optimizers.AdamW(1e-4)
         opt.build(net.trainable_variables)
         loss_fn = loss.RebalancedCrossEntropy(
-            color.rebalance_weights(counts, table), reduction=None
+            rebalance.rebalance_weights(counts, table), reduction=None
         )
 
     step = train.make_train_step(strategy, net, opt, loss_fn, batch)

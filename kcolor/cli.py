@@ -11,6 +11,7 @@ Each command imports its module lazily so that `kcolor --help` is instant
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import click
 
 from kcolor import __version__
+from kcolor.config import PRECISIONS, FitConfig
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU feature notes) would bury the one-line
 # messages the commands print; users can still ask for it with TF_CPP_MIN_LOG_LEVEL=0.
@@ -142,6 +144,28 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
         raise click.ClickException(str(e)) from None
 
 
+def _fit_config_options(f):
+    """One option per FitConfig field, its help, default and choices taken from the field."""
+    for field in reversed(dataclasses.fields(FitConfig)):
+        choices = field.metadata["choices"]
+        f = click.option(
+            "--" + field.name.replace("_", "-"),
+            type=click.Choice(choices) if choices else type(field.default),
+            help=f"{field.metadata['help']}  [default: {field.default}]",
+        )(f)
+    return f
+
+
+def _precision_option(**kwargs):
+    return click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        help="Arithmetic: auto = bf16 where it runs faster (a GPU, or a CPU with bfloat16 "
+        "instructions for eccv16), else fp32. Models are stored in fp32 either way.",
+        **kwargs,
+    )
+
+
 # --- fit ----------------------------------------------------------------------
 
 
@@ -154,73 +178,7 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="JSON or TOML file of settings (flags override it).",
 )
-@click.option(
-    "--arch",
-    type=click.Choice(["eccv16", "effnet_lite0"]),
-    help="eccv16: the paper's network; effnet_lite0: an ImageNet-pretrained EfficientNet-Lite0 "
-    "encoder with a U-Net decoder.  [default: eccv16]",
-)
-@click.option(
-    "--width",
-    type=float,
-    help="Channel multiplier: 1.0 = the paper (32M params), 0.25 suits a CPU.  [default: 1.0]",
-)
-@click.option(
-    "--batch-size", type=int, help="Global batch size, split over all replicas.  [default: 32]"
-)
-@click.option(
-    "--epochs",
-    type=int,
-    help="Epochs to train in all (a resumed run continues to this).  [default: 10]",
-)
-@click.option("--lr", type=float, help="AdamW learning rate.  [default: 3e-5]")
-@click.option(
-    "--lr-schedule",
-    type=click.Choice(["constant", "cosine"]),
-    help="cosine: decay to 0 at the end of the last epoch.  [default: constant]",
-)
-@click.option("--warmup-steps", type=int, help="Steps of linear ramp up to --lr.  [default: 0]")
-@click.option("--beta-1", type=float, help="[default: 0.9]")
-@click.option("--beta-2", type=float, help="[default: 0.99]")
-@click.option("--weight-decay", type=float, help="[default: 1e-3]")
-@click.option(
-    "--rebalance",
-    type=click.Choice(["zhang", "neglog", "none"]),
-    help="Class rebalancing.  [default: zhang]",
-)
-@click.option(
-    "--targets",
-    type=click.Choice(["hard", "soft"]),
-    help="hard: the bin of each output cell's centre pixel; soft: Zhang's soft encoding of "
-    "all the cell's pixels (Gaussian, sigma 5).  [default: hard]",
-)
-@click.option(
-    "--crop",
-    type=int,
-    help="Random training crop side (multiple of 8); 0 = full shard images.  [default: 0]",
-)
-@click.option(
-    "--zoom",
-    type=float,
-    help="Scale augmentation: crops are cut from squares of side crop/Z..crop*Z and resized "
-    "to --crop; 1 = none.  [default: 1]",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "mixed_bfloat16", "mixed_float16"]),
-    help="[default: fp32]",
-)
-@click.option("--seed", type=int, help="Data order and augmentation seed.  [default: 0]")
-@click.option(
-    "--checkpoint-every",
-    type=int,
-    help="Steps between checkpoints (also at each epoch end).  [default: 500]",
-)
-@click.option("--val-images", type=int, help="Val images per evaluation, 0 = all.  [default: 512]")
-@click.option("--max-steps", type=int, help="Stop at this global step.  [default: no limit]")
-@click.option(
-    "--time-limit", type=float, help="Minutes to train in this invocation; rerun to resume."
-)
+@_fit_config_options
 @click.option(
     "--init",
     "init_model",
@@ -287,6 +245,7 @@ def _network_options(f):
         help="ab from the bin distribution: annealed mean or top bin.",
     )(f)
     f = click.option("--size", type=click.IntRange(min=1), help=_SIZE_HELP)(f)
+    f = _precision_option(default="auto", show_default=True)(f)
     return click.option(
         "--model", "model_path", type=click.Path(exists=True, path_type=Path), help=_MODEL_HELP
     )(f)

@@ -58,9 +58,7 @@ def _conv_bn(x, filters, kernel, stride, name, depthwise=False, relu=True):
         x = keras.layers.DepthwiseConv2D(kernel, stride, use_bias=False, name=name)(x)
     else:
         x = keras.layers.Conv2D(filters, kernel, stride, use_bias=False, name=name)(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, synchronized=True, name=f"{name}_bn")(
-        x
-    )
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, synchronized=True, name=f"{name}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
 
 

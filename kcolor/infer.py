@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kcolor import color
+from kcolor import color, rebalance
 from kcolor.photo import (
     IMAGE_SUFFIXES,
     Photo,
@@ -56,9 +56,9 @@ class Colorizer:
         net: a model from `kcolor.model.build_model` / `load_model`.
         size: side the lightness is resized to (None: the model's input_size); rounded
             to a multiple of `model.input_multiple` of its arch.
-        decode, temperature: see `kcolor.color.decode_ab` (None: the model's recorded
+        decode, temperature: see `kcolor.rebalance.decode_ab` (None: the model's recorded
             temperature; the paper's T = 0.38 unless `kcolor decoding` changed it).
-        rebalance_strength: see `kcolor.color.rebalance_logits` (None: the model's
+        rebalance_strength: see `kcolor.rebalance.rebalance_logits` (None: the model's
             recorded value; a model that records none is decoded as trained).
         replicas: devices the model is mirrored on (see `load_colorizer`).
         source: where the model came from (for reports).
@@ -83,13 +83,13 @@ class Colorizer:
         if rebalance_strength is None:
             rebalance_strength = info.get("rebalance_strength")
         if rebalance_strength is not None:
-            rebalance_strength = color.check_rebalance_strength(rebalance_strength)
+            rebalance_strength = rebalance.check_rebalance_strength(rebalance_strength)
             if info.get("prior") is None:
                 raise ValueError(
                     "rebalance strength: the model records no training prior to rebalance with"
                 )
-        if decode not in color.DECODE_METHODS:
-            raise ValueError(f"decode: expected one of {color.DECODE_METHODS}, got {decode!r}")
+        if decode not in rebalance.DECODE_METHODS:
+            raise ValueError(f"decode: expected one of {rebalance.DECODE_METHODS}, got {decode!r}")
         if decode == "annealed" and temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {temperature}")
         size = int(size or info["input_size"])
@@ -103,8 +103,8 @@ class Colorizer:
         if rebalance_strength is not None:
             prior = np.asarray(info["prior"], np.float64)
             self._weights = (
-                color.rebalance_weights(prior, self.table, info["rebalance"]),
-                color.rebalance_weights(prior, self.table, "zhang"),
+                rebalance.rebalance_weights(prior, self.table, info["rebalance"]),
+                rebalance.rebalance_weights(prior, self.table, "zhang"),
             )
         self.source = source
 
@@ -122,8 +122,8 @@ class Colorizer:
         else:
             logits = self.net.predict_on_batch(x)
         if self._weights is not None:
-            logits = color.rebalance_logits(logits, *self._weights, self.rebalance_strength)
-        ab = color.decode_ab(logits, self.table.centres, self.decode, self.temperature)
+            logits = rebalance.rebalance_logits(logits, *self._weights, self.rebalance_strength)
+        ab = rebalance.decode_ab(logits, self.table.centres, self.decode, self.temperature)
         return np.asarray(ab), np.argmax(logits, axis=-1).astype(np.int32)
 
     def colorize(self, photos: list[Photo]) -> list[Image.Image]:
@@ -132,11 +132,12 @@ class Colorizer:
         return [compose(p, a) for p, a in zip(photos, ab, strict=True)]
 
 
-def load_colorizer(model_path=None, **kwargs) -> Colorizer:
+def load_colorizer(model_path=None, precision="auto", **kwargs) -> Colorizer:
     """Load a model mirrored on all GPUs; kwargs go to Colorizer.
 
     model_path: a .keras file, a `kcolor fit` run folder (its model.keras), or None for
     the bundled model.
+    precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (see `kcolor.model.resolve_precision`).
 
     Raises ValueError (one line) when there is no model or the file is not a kcolor model.
     """
@@ -157,6 +158,8 @@ def load_colorizer(model_path=None, **kwargs) -> Colorizer:
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     with strategy.scope():
         net = model.load_model(model_path)
+        arch = model.model_info(net).get("arch", "eccv16")
+        net = model.with_precision(net, model.resolve_precision(precision, arch))
     return Colorizer(net, replicas=strategy.num_replicas_in_sync, source=model_path, **kwargs)
 
 

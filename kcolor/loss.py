@@ -11,7 +11,7 @@ the global batch size, so that one replica and N replicas give the same gradient
 
 `SoftCrossEntropy` is the same loss against Zhang's soft encoding (`fit --targets soft`):
 each output cell's target is the histogram of the bins of all its stride x stride
-pixels, spread in ab by `color.target_kernel`, instead of the one bin of its centre pixel.
+pixels, spread in ab by `rebalance.target_kernel`, instead of the one bin of its centre pixel.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class RebalancedCrossEntropy(keras.losses.Loss):
 
     Args:
         weights: (Q,) float class-rebalancing weight of each bin (see
-            `kcolor.color.rebalance_weights`).
+            `kcolor.rebalance.rebalance_weights`).
     Call:
         y_true: (B, h, w) int bin indices at the logits' resolution.
         y_pred: (B, h, w, Q) logits (any float dtype; computed in float32).
@@ -64,7 +64,7 @@ class SoftCrossEntropy(keras.losses.Loss):
 
     Args:
         weights: (Q,) float class-rebalancing weight of each bin.
-        kernel: (Q, Q) float, row i the target of a pixel in bin i (`color.target_kernel`).
+        kernel: (Q, Q) float, row i the target of a pixel in bin i (`rebalance.target_kernel`).
         stride: pixels per output cell along each side.
     Call:
         y_true: (B, H, W) int bin indices at full resolution (H, W = h, w * stride).

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kcolor import color, photo
+from kcolor import color, photo, rebalance
 
 AUC_MAX_THRESHOLD = 150  # ab error thresholds 0..150 (Zhang et al. 2016, Sec. 3.1)
 PSNR_CAP = 100.0  # dB reported for identical images (JSON has no infinity)
@@ -90,7 +90,7 @@ def auc(ab_pred, ab_true, weights=None) -> float:
 
 
 def class_balance_weights(prior, table: color.BinTable) -> np.ndarray:
-    """(Q,) weights of the rebalanced AuC: 1 / p~, p~ = `color.smoothed_prior(prior)`.
+    """(Q,) weights of the rebalanced AuC: 1 / p~, p~ = `rebalance.smoothed_prior(prior)`.
 
     This is Zhang et al.'s eq. 4 with lambda = 0, as their Table 1 specifies. A bin that
     the prior never saw gets at most the weight of the rarest bin it saw: smoothing leaves
@@ -100,7 +100,7 @@ def class_balance_weights(prior, table: color.BinTable) -> np.ndarray:
     p = np.asarray(prior, np.float64)
     if p.shape != (table.size,) or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
         raise ValueError(f"prior: expected {table.size} non-negative values, not all zero")
-    smoothed = color.smoothed_prior(p, table)
+    smoothed = rebalance.smoothed_prior(p, table)
     return 1.0 / np.maximum(smoothed, smoothed[p > 0].min())
 
 

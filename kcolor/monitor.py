@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from kcolor import color
+from kcolor import color, rebalance
 
 AUC_THRESHOLDS = np.arange(151, dtype=np.float32)  # ab error thresholds 0..150 (Zhang et al.)
 
@@ -67,7 +67,7 @@ class Evaluator:
             per_image = loss_fn(bins, logits)
             top = tf.argmax(logits, -1, output_type=tf.int32)
             hit = tf.cast(tf.equal(top, bins), tf.float32)
-            ab = color.decode_ab(logits, table.centres)
+            ab = rebalance.decode_ab(logits, table.centres)
             err = tf.norm(ab - tf.gather(centres, bins), axis=-1)
             within = tf.cast(err[..., None] <= thresholds, tf.float32)
             return tf.stack(
@@ -103,7 +103,7 @@ def preview_grid(net, arrays, table: color.BinTable) -> np.ndarray:
     l_u8, bins = arrays
     L = color.decode_l(l_u8)[..., None]
     logits = net(L, training=False)
-    ab = tf.image.resize(color.decode_ab(logits, table.centres), L.shape[1:3], "bilinear")
+    ab = tf.image.resize(rebalance.decode_ab(logits, table.centres), L.shape[1:3], "bilinear")
     pred = color.lab_to_rgb(np.concatenate([L, ab.numpy()], -1))
     truth = color.lab_to_rgb(np.concatenate([L, table.centres[bins.astype(np.int64)]], -1))
     gray = color.lab_to_rgb(np.concatenate([L, np.zeros_like(ab)], -1))

@@ -1,6 +1,6 @@
 """`kcolor fit`: train the ECCV16 network from shards on one CPU, all local GPUs, or many machines.
 
-    kcolor fit shards/ runs/w025 --width 0.25 --precision mixed_bfloat16 --epochs 20
+    kcolor fit shards/ runs/w025 --width 0.25 --precision auto --epochs 20
 
 One design serves every strategy: a custom loop with `strategy.run` and
 `tf.nn.compute_average_loss`. (Keras 3 `model.fit` fails under
@@ -23,44 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kcolor import color, shards
-
-CONFIG_NAME = "config.json"
-
-
-@dataclasses.dataclass
-class FitConfig:
-    arch: str = "eccv16"  # eccv16 (the paper's network) | effnet_lite0 (ImageNet encoder + U-Net)
-    width: float = 1.0  # channel multiplier; 1.0 = the paper (32M params), 0.25 for CPUs
-    batch_size: int = 32  # global batch, split over all replicas
-    epochs: int = 10
-    lr: float = 3e-5  # Adam(W) as in the paper: lr 3e-5, betas 0.9/0.99, weight decay 1e-3
-    lr_schedule: str = "constant"  # constant | cosine (to 0 at the last epoch's end)
-    warmup_steps: int = 0  # linear ramp from 0 to lr over the first steps
-    beta_1: float = 0.9
-    beta_2: float = 0.99
-    weight_decay: float = 1e-3
-    rebalance: str = "zhang"  # zhang | neglog | none
-    targets: str = "hard"  # hard: each cell's centre-pixel bin | soft: Zhang's soft encoding
-    crop: int = 0  # random training crop side (multiple of 8); 0 = the shards' image size
-    zoom: float = 1.0  # crops cut from squares of side crop/zoom..crop*zoom, resized to crop
-    precision: str = "fp32"  # fp32 | mixed_bfloat16 | mixed_float16
-    seed: int = 0
-    checkpoint_every: int = 500  # steps; also at each epoch end
-    keep_checkpoints: int = 3
-    log_every: int = 20  # steps between TensorBoard train scalars
-    val_images: int = 512  # val images per evaluation (0 = all)
-    preview_images: int = 8  # val images in the TensorBoard grid
-    max_steps: int = 0  # stop after this global step (0 = run all epochs)
-    time_limit: float = 0.0  # minutes of training in this invocation (0 = none)
-
-    # settings that fix the network's shape: a resumed run must keep them
-    FROZEN = ("arch", "width", "rebalance", "targets", "crop", "seed")
-
-
-PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
-LR_SCHEDULES = ("constant", "cosine")
-TARGETS = ("hard", "soft")
+from kcolor import dataset, rebalance, shards
+from kcolor.config import CONFIG_NAME, FitConfig, resolve_config  # noqa: F401 (the fit API)
 
 
 def learning_rate(cfg: FitConfig, step: int, total_steps: int) -> float:
@@ -79,69 +43,6 @@ def learning_rate(cfg: FitConfig, step: int, total_steps: int) -> float:
 
 class TrainingError(RuntimeError):
     """A training run stopped for a reason the user must act on."""
-
-
-def resolve_config(run_dir: Path, config_file: Path | None, overrides: dict) -> FitConfig:
-    """defaults < the run's saved config (resume) < config file < flags."""
-    values = dataclasses.asdict(FitConfig())
-    saved_path = run_dir / CONFIG_NAME
-    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
-    if saved:
-        values.update({k: v for k, v in saved.items() if k in values})
-    if config_file is not None:
-        values.update(_read_config_file(config_file, values))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - {f.name for f in dataclasses.fields(FitConfig)}
-    if unknown:
-        raise ValueError(f"config: unknown settings {sorted(unknown)}")
-    cfg = FitConfig(**values)
-    if saved:
-        for key in FitConfig.FROZEN:
-            if key in saved and saved[key] != getattr(cfg, key):
-                raise ValueError(
-                    f"{saved_path}: this run was started with {key}={saved[key]!r}; "
-                    f"cannot resume it with {key}={getattr(cfg, key)!r} (use a new RUN_DIR)"
-                )
-    _validate(cfg)
-    return cfg
-
-
-def _read_config_file(path: Path, known: dict) -> dict:
-    if path.suffix == ".toml":
-        import tomllib
-
-        data = tomllib.loads(path.read_text())
-    else:
-        data = json.loads(path.read_text())
-    bad = sorted(set(data) - set(known))
-    if bad:
-        raise ValueError(f"{path}: unknown settings {bad}; expected some of {sorted(known)}")
-    return data
-
-
-def _validate(cfg: FitConfig) -> None:
-    from kcolor import model
-
-    model.check_arch(cfg.arch)
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.rebalance not in color.REBALANCE_MODES:
-        raise ValueError(
-            f"rebalance: expected one of {color.REBALANCE_MODES}, got {cfg.rebalance!r}"
-        )
-    if cfg.targets not in TARGETS:
-        raise ValueError(f"targets: expected one of {TARGETS}, got {cfg.targets!r}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
-    if cfg.warmup_steps < 0:
-        raise ValueError(f"warmup_steps: expected >= 0, got {cfg.warmup_steps}")
-    if cfg.zoom < 1:
-        raise ValueError(f"zoom: expected >= 1, got {cfg.zoom}")
-    multiple = model.input_multiple(cfg.arch)
-    if cfg.crop % multiple:
-        raise ValueError(f"crop: expected a multiple of {multiple} for {cfg.arch}, got {cfg.crop}")
-    if cfg.batch_size < 1 or cfg.width <= 0:
-        raise ValueError("batch_size and width must be positive")
 
 
 def make_strategy(cpu_replicas: int = 0):
@@ -177,6 +78,57 @@ def _worker_role(strategy) -> tuple[bool, int]:
     return is_chief, index
 
 
+@dataclasses.dataclass
+class _Data:
+    """What the shards fix: their paths, bin table, image side and bin counts."""
+
+    train: list[Path]
+    val: list[Path]
+    table: object  # color.BinTable
+    size: int
+    counts: np.ndarray
+
+    @classmethod
+    def open(cls, shard_dir: Path, cfg: FitConfig) -> _Data:
+        from kcolor import model
+
+        train_paths = shards.list_shards(shard_dir, "train")
+        val_paths = shards.list_shards(shard_dir, "val")
+        shards.check_compatible(train_paths + val_paths)
+        meta = shards.read_meta(train_paths[0])
+        size = int(meta["image_size"])
+        counts = np.asarray(shards.load_stats(shard_dir)["bin_counts"], np.int64)
+        multiple = model.input_multiple(cfg.arch)
+        if (cfg.crop or size) > size or (cfg.crop or size) % multiple:
+            raise ValueError(
+                f"crop: expected a multiple of {multiple} <= the shards' size {size}, got {cfg.crop}"
+            )
+        return cls(train_paths, val_paths, meta["table"], size, counts)
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run's model, optimizer, checkpoint and schedule (`_build`)."""
+
+    cfg: FitConfig
+    out_dir: Path
+    is_chief: bool
+    net: object
+    opt: object
+    train_step: object
+    ckpt: object
+    manager: object
+    # the last step whose epoch-end work (validation, export) is done; in the checkpoint,
+    # so a run killed between an epoch's checkpoint and its export finishes it on resume
+    epoch_end_done: object
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def step(self) -> int:
+        return int(self.opt.iterations.numpy())
+
+
 def fit(
     shard_dir: Path,
     run_dir: Path,
@@ -186,89 +138,103 @@ def fit(
     echo=print,
 ) -> Path:
     """Train (or resume) a run; returns the path of the exported model.keras."""
+    data = _Data.open(shard_dir, cfg)
+    strategy = strategy or make_strategy()
+    run = _build(data, Path(run_dir), cfg, strategy, init_model, shard_dir, echo)
+    validate = _Validation(run, data)
+    if run.manager.latest_checkpoint:
+        run.ckpt.restore(run.manager.latest_checkpoint).assert_existing_objects_matched()
+        echo(f"Resumed from {run.manager.latest_checkpoint} (step {run.step})")
+    if 0 < run.step and _at_epoch_end(run) and int(run.epoch_end_done.numpy()) < run.step:
+        validate.epoch_end(echo)  # killed after the epoch's checkpoint, before its export
+    started = time.monotonic()
+    echo(
+        f"Training {run.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, "
+        f"batch {cfg.batch_size}, from step {run.step}"
+    )
+    while run.step < run.total_steps:
+        if cfg.time_limit and (time.monotonic() - started) / 60 >= cfg.time_limit:
+            echo(
+                f"Time limit of {cfg.time_limit:g} min reached at step {run.step}; rerun to resume."
+            )
+            break
+        _train_epoch_part(run, data, strategy, validate.board, started)
+        if _at_epoch_end(run):
+            validate.epoch_end(echo)
+    if int(run.epoch_end_done.numpy()) != run.step:  # stopped mid-epoch: export all the same
+        from kcolor import model
+
+        model.export_model(run.net, run.out_dir / "model.keras")
+    validate.board.close()
+    echo(f"Model written to {run.out_dir / 'model.keras'}")
+    return run.out_dir / "model.keras"
+
+
+def _at_epoch_end(run: _Run) -> bool:
+    return run.step % run.steps_per_epoch == 0 or run.step >= run.total_steps
+
+
+def _build(data, run_dir, cfg, strategy, init_model, shard_dir, echo) -> _Run:
+    """The run folder, config.json, and the model, optimizer, loss and step."""
     import keras
     import tensorflow as tf
 
-    from kcolor import dataset, loss, model, monitor
+    from kcolor import loss, model
 
-    run_dir = Path(run_dir)
-    train_paths = shards.list_shards(shard_dir, "train")
-    val_paths = shards.list_shards(shard_dir, "val")
-    shards.check_compatible(train_paths + val_paths)
-    meta = shards.read_meta(train_paths[0])
-    table, size = meta["table"], int(meta["image_size"])
-    stats = shards.load_stats(shard_dir)
-    counts = np.asarray(stats["bin_counts"], np.int64)
-    train_side = cfg.crop or size
-    multiple = model.input_multiple(cfg.arch)
-    if train_side > size or train_side % multiple:
-        raise ValueError(
-            f"crop: expected a multiple of {multiple} <= the shards' size {size}, got {cfg.crop}"
-        )
-
-    strategy = strategy or make_strategy()
     is_chief, worker_index = _worker_role(strategy)
     out_dir = run_dir if is_chief else run_dir / f".worker-{worker_index}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved_cfg = run_dir / CONFIG_NAME
-    if saved_cfg.is_file():
-        saved_table = json.loads(saved_cfg.read_text()).get("bin_table")
-        if saved_table and saved_table != table.name:
-            raise ValueError(
-                f"{shard_dir}: bin table {table.name!r} does not match the run's "
-                f"{saved_table!r} ({saved_cfg})"
-            )
+    saved = run_dir / CONFIG_NAME
+    saved_table = json.loads(saved.read_text()).get("bin_table") if saved.is_file() else None
+    if saved_table and saved_table != data.table.name:
+        raise ValueError(
+            f"{shard_dir}: bin table {data.table.name!r} does not match the run's "
+            f"{saved_table!r} ({saved})"
+        )
     if is_chief:
-        record = dataclasses.asdict(cfg) | {"bin_table": table.name, "shards": str(shard_dir)}
-        _atomic_write(saved_cfg, json.dumps(record, indent=2))
-
-    keras.mixed_precision.set_global_policy("float32" if cfg.precision == "fp32" else cfg.precision)
-    weights = color.rebalance_weights(counts, table, cfg.rebalance)
-    prior = counts / counts.sum()
+        record = dataclasses.asdict(cfg) | {"bin_table": data.table.name, "shards": str(shard_dir)}
+        _atomic_write(run_dir / CONFIG_NAME, json.dumps(record, indent=2))
+    precision = model.resolve_precision(cfg.precision, cfg.arch)
+    keras.mixed_precision.set_global_policy(model.POLICIES[precision])
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise ValueError(f"batch_size {cfg.batch_size}: must divide by {replicas} replicas")
     echo(
-        f"Creating model ({cfg.arch}, width {cfg.width:g}, {table.name}, {cfg.precision}, {replicas} replica(s))..."
+        f"Creating model ({cfg.arch}, width {cfg.width:g}, {data.table.name}, {precision}, "
+        f"{replicas} replica(s))..."
     )
+    weights = rebalance.rebalance_weights(data.counts, data.table, cfg.rebalance)
+    keras.utils.set_random_seed(cfg.seed)  # the weight initialization, not just the data
     with strategy.scope():
         # input_size = the shards' side even when training on crops: objects keep the
         # scale they were seen at, and colorize resizes photos to that side.
+        prior = data.counts / data.counts.sum()
         net = model.build_model(
-            table.name, cfg.width, size, cfg.rebalance, prior, arch=cfg.arch
+            data.table.name, cfg.width, data.size, cfg.rebalance, prior, arch=cfg.arch
         )
         if init_model is not None:
-            init = model.load_model(init_model)
-            model.check_bin_table(init, table, str(shard_dir))
-            net.set_weights(init.get_weights())
+            _init_from(net, init_model, data.table, shard_dir)
         opt = keras.optimizers.AdamW(
             learning_rate=cfg.lr,
             beta_1=cfg.beta_1,
             beta_2=cfg.beta_2,
             weight_decay=cfg.weight_decay,
         )
-        if cfg.precision == "mixed_float16":
+        if precision == "fp16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
         opt.build(net.trainable_variables)
-        hard_loss = loss.RebalancedCrossEntropy(weights, reduction=None)
         if cfg.targets == "soft":
-            kernel = color.target_kernel(table)
+            kernel = rebalance.target_kernel(data.table)
             loss_fn = loss.SoftCrossEntropy(weights, kernel, reduction=None)
         else:
-            loss_fn = hard_loss
-
-    ckpt = tf.train.Checkpoint(model=net, optimizer=opt)
-    manager = tf.train.CheckpointManager(
-        ckpt, str(out_dir / "ckpt"), max_to_keep=cfg.keep_checkpoints
-    )
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        echo(f"Resumed from {manager.latest_checkpoint} (step {int(opt.iterations.numpy())})")
-
+            loss_fn = loss.RebalancedCrossEntropy(weights, reduction=None)
+        epoch_end_done = tf.Variable(0, dtype=tf.int64, trainable=False)
+    ckpt = tf.train.Checkpoint(model=net, optimizer=opt, epoch_end_done=epoch_end_done)
+    manager = tf.train.CheckpointManager(ckpt, str(out_dir / "ckpt"), cfg.keep_checkpoints)
     pipelines = _input_pipelines(strategy)
     per_pipeline = cfg.batch_size // pipelines
     steps_per_epoch = (
-        min(dataset.count_images(train_paths, p, pipelines) for p in range(pipelines))
+        min(dataset.count_images(data.train, p, pipelines) for p in range(pipelines))
         // per_pipeline
     )
     if steps_per_epoch == 0:
@@ -278,97 +244,131 @@ def fit(
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
+    step_fn = make_train_step(strategy, net, opt, loss_fn, cfg.batch_size)
+    return _Run(
+        cfg, out_dir, is_chief, net, opt, step_fn, ckpt, manager, epoch_end_done,
+        steps_per_epoch, total_steps,
+    )  # fmt: skip
 
-    train_step = make_train_step(strategy, net, opt, loss_fn, cfg.batch_size)
 
-    board = monitor.Board(out_dir / "logs", enabled=is_chief)
-    # val loss is always the hard-target loss, so runs with either targets compare
-    evaluate = monitor.Evaluator(net, hard_loss, table)
-    val_batches = dataset.eval_dataset(val_paths, 32)
-    if cfg.val_images:
-        val_batches = val_batches.take(math.ceil(cfg.val_images / 32))
-    preview = dataset.load_arrays(val_paths, cfg.preview_images)
+def _init_from(net, init_model: Path, table, shard_dir) -> None:
+    """`--init`: start from another kcolor model's weights (same arch and width)."""
+    from kcolor import model
 
-    step = int(opt.iterations.numpy())
-    last_saved = step
-    started = time.monotonic()
-    echo(
-        f"Training {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size}, from step {step}"
-    )
-    while step < total_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
-
-        def dataset_fn(ctx, epoch=epoch, skip=skip):
-            return dataset.train_dataset(
-                train_paths,
-                ctx.get_per_replica_batch_size(cfg.batch_size),
-                epoch=epoch,
-                seed=cfg.seed,
-                crop=train_side if train_side < size else 0,
-                image_size=size,
-                part=ctx.input_pipeline_id,
-                parts=ctx.num_input_pipelines,
-                skip_batches=skip * (replicas // ctx.num_input_pipelines),
-                full_bins=cfg.targets == "soft",
-                zoom=cfg.zoom,
+    init = model.load_model(init_model)
+    model.check_bin_table(init, table, str(shard_dir))
+    mine, theirs = model.model_info(net), model.model_info(init)
+    for key in ("arch", "width"):
+        if mine.get(key, "eccv16") != theirs.get(key, "eccv16"):
+            raise ValueError(
+                f"{init_model}: its {key} is {theirs.get(key, 'eccv16')!r}, this run's is "
+                f"{mine.get(key, 'eccv16')!r}; --init needs a model of the same {key}"
             )
+    net.set_weights(init.get_weights())
 
-        dist = distribute(strategy, dataset_fn)
-        bar = keras.utils.Progbar(
-            steps_per_epoch, stateful_metrics=["loss", "img/s"], verbose=1 if is_chief else 0
+
+class _Validation:
+    """Epoch-end work: checkpoint, val figures, TensorBoard preview, model.keras export."""
+
+    def __init__(self, run: _Run, data: _Data):
+        from kcolor import loss, monitor
+
+        self.run = run
+        self.board = monitor.Board(run.out_dir / "logs", enabled=run.is_chief)
+        # val loss is always the hard-target loss, so runs with either targets compare
+        weights = rebalance.rebalance_weights(data.counts, data.table, run.cfg.rebalance)
+        hard_loss = loss.RebalancedCrossEntropy(weights, reduction=None)
+        self.evaluate = monitor.Evaluator(run.net, hard_loss, data.table)
+        self.batches = dataset.eval_dataset(data.val, 32)
+        if run.cfg.val_images:
+            self.batches = self.batches.take(math.ceil(run.cfg.val_images / 32))
+        self.preview = dataset.load_arrays(data.val, run.cfg.preview_images)
+        self.table = data.table
+
+    def epoch_end(self, echo) -> None:
+        from kcolor import model, monitor
+
+        run, step = self.run, self.run.step
+        if _latest_step(run) != step:
+            run.manager.save(checkpoint_number=step)
+        results = self.evaluate(self.batches)
+        self.board.scalars("val", step, results)
+        self.board.preview(step, monitor.preview_grid(run.net, self.preview, self.table))
+        epoch = math.ceil(step / run.steps_per_epoch)
+        echo(
+            f"epoch {epoch}/{run.cfg.epochs} step {step}: "
+            + ", ".join(f"val {k} {v:.4g}" for k, v in results.items())
         )
-        bar.update(skip)
-        tick, tick_step = time.monotonic(), step
-        for batch in dist:
-            # set before every step from the config, never taken from the checkpoint, so a
-            # resumed run follows its configured rate (a plain variable: no retracing)
-            lr = learning_rate(cfg, step, steps_per_epoch * cfg.epochs)
-            opt.learning_rate = lr
-            loss_value = float(train_step(batch))
-            step += 1
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"loss is {loss_value} at step {step} (steps {last_saved + 1}-{step} since "
-                    f"the last checkpoint); kept {manager.latest_checkpoint or 'no checkpoint'}. "
-                    "Try a lower --lr or --precision fp32."
-                )
-            now = time.monotonic()
-            ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
-            bar.update(step - epoch * steps_per_epoch, [("loss", loss_value), ("img/s", ips)])
-            if step % cfg.log_every == 0:
-                board.scalars(
-                    "train",
-                    step,
-                    {"loss": loss_value, "images_per_s": ips, "lr": lr},
-                )
-                tick, tick_step = now, step
-            out_of_time = cfg.time_limit and (now - started) / 60 >= cfg.time_limit
-            if step % cfg.checkpoint_every == 0 or out_of_time or step >= total_steps:
-                manager.save(checkpoint_number=step)
-                last_saved = step
-            if out_of_time or step >= total_steps or step % steps_per_epoch == 0:
-                break
-        else:
+        model.export_model(run.net, run.out_dir / "model.keras")
+        run.epoch_end_done.assign(step)
+        run.manager.save(checkpoint_number=step)  # now recording that this work is done
+
+
+def _latest_step(run: _Run) -> int | None:
+    latest = run.manager.latest_checkpoint
+    return int(latest.rsplit("-", 1)[1]) if latest else None
+
+
+def _train_epoch_part(run: _Run, data: _Data, strategy, board, started: float) -> None:
+    """Train from the current step to the end of its epoch (or the run, or the time limit),
+    checkpointing every `checkpoint_every` steps and at the time limit."""
+    import keras
+
+    cfg, spe = run.cfg, run.steps_per_epoch
+    epoch, skip = divmod(run.step, spe)
+    end = min((epoch + 1) * spe, run.total_steps)
+    replicas = strategy.num_replicas_in_sync
+
+    def dataset_fn(ctx):
+        return dataset.train_dataset(
+            data.train,
+            ctx.get_per_replica_batch_size(cfg.batch_size),
+            epoch=epoch,
+            seed=cfg.seed,
+            crop=cfg.crop if 0 < cfg.crop < data.size else 0,
+            image_size=data.size,
+            part=ctx.input_pipeline_id,
+            parts=ctx.num_input_pipelines,
+            skip_batches=skip * (replicas // ctx.num_input_pipelines),
+            full_bins=cfg.targets == "soft",
+            zoom=cfg.zoom,
+        )
+
+    bar = keras.utils.Progbar(
+        spe, stateful_metrics=["loss", "img/s"], verbose=1 if run.is_chief else 0
+    )
+    bar.update(skip)
+    tick, tick_step, last_saved = time.monotonic(), run.step, run.step
+    batches = iter(distribute(strategy, dataset_fn))
+    step = run.step
+    while step < end:
+        batch = next(batches, None)
+        if batch is None:
             raise TrainingError(f"train data ran out before step {step + 1} (epoch {epoch})")
-        if step % steps_per_epoch == 0 or step >= total_steps:
-            if last_saved != step:
-                manager.save(checkpoint_number=step)
-                last_saved = step
-            results = evaluate(val_batches)
-            board.scalars("val", step, results)
-            board.preview(step, monitor.preview_grid(net, preview, table))
-            echo(
-                f"epoch {epoch + 1}/{cfg.epochs} step {step}: "
-                + ", ".join(f"val {k} {v:.4g}" for k, v in results.items())
+        # set before every step from the config, never taken from the checkpoint, so a
+        # resumed run follows its configured rate (a plain variable: no retracing)
+        lr = learning_rate(cfg, step, spe * cfg.epochs)
+        run.opt.learning_rate = lr
+        loss_value = float(run.train_step(batch))
+        step += 1
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss is {loss_value} at step {step} (steps {last_saved + 1}-{step} since "
+                f"the last checkpoint); kept {run.manager.latest_checkpoint or 'no checkpoint'}. "
+                "Try a lower --lr or --precision fp32."
             )
-            model.export_model(net, out_dir / "model.keras")
-        if cfg.time_limit and (time.monotonic() - started) / 60 >= cfg.time_limit:
-            echo(f"Time limit of {cfg.time_limit:g} min reached at step {step}; rerun to resume.")
-            break
-    model.export_model(net, out_dir / "model.keras")
-    board.close()
-    echo(f"Model written to {out_dir / 'model.keras'}")
-    return out_dir / "model.keras"
+        now = time.monotonic()
+        ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
+        bar.update(step - epoch * spe, [("loss", loss_value), ("img/s", ips)])
+        if step % cfg.log_every == 0:
+            board.scalars("train", step, {"loss": loss_value, "images_per_s": ips, "lr": lr})
+            tick, tick_step = now, step
+        out_of_time = cfg.time_limit and (now - started) / 60 >= cfg.time_limit
+        if step % cfg.checkpoint_every == 0 or out_of_time:
+            run.manager.save(checkpoint_number=step)
+            last_saved = step
+        if out_of_time:
+            return
 
 
 def _input_pipelines(strategy) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage import color as skcolor
 
-from kcolor import color
+from kcolor import color, rebalance
 
 REFERENCE_HULL = Path("/work/shared/reference/pts_in_hull.npy")
 SLACK = 1e-4  # float32 rounding allowed on top of exact geometric bounds
@@ -155,7 +155,7 @@ def prior():
 
 def test_zhang_weights_have_expectation_one_and_favour_rare_bins(prior):
     table, counts = prior
-    w = color.rebalance_weights(counts, table, "zhang")
+    w = rebalance.rebalance_weights(counts, table, "zhang")
     p = counts / counts.sum()
     assert w.dtype == np.float32 and w.shape == (table.size,)
     assert (p * w).sum() == pytest.approx(1.0, abs=1e-5)
@@ -166,23 +166,23 @@ def test_zhang_weights_have_expectation_one_and_favour_rare_bins(prior):
 
 def test_neglog_and_none_weights(prior):
     table, counts = prior
-    w = color.rebalance_weights(counts, table, "neglog")
+    w = rebalance.rebalance_weights(counts, table, "neglog")
     seen = counts > 0
     np.testing.assert_allclose(w[seen], -np.log(counts[seen] / counts.sum()), rtol=1e-5)
     assert (w[~seen] == w[seen].max()).all()
     np.testing.assert_array_equal(
-        color.rebalance_weights(counts, table, "none"), np.ones(table.size)
+        rebalance.rebalance_weights(counts, table, "none"), np.ones(table.size)
     )
 
 
 def test_rebalance_errors(prior):
     table, counts = prior
     with pytest.raises(ValueError, match="rebalance: expected one of"):
-        color.rebalance_weights(counts, table, "inverse")
+        rebalance.rebalance_weights(counts, table, "inverse")
     with pytest.raises(ValueError, match=r"expected shape \(313,\)"):
-        color.rebalance_weights(counts[:10], table)
+        rebalance.rebalance_weights(counts[:10], table)
     with pytest.raises(ValueError, match="all zero"):
-        color.rebalance_weights(np.zeros(table.size), table)
+        rebalance.rebalance_weights(np.zeros(table.size), table)
 
 
 # --- decoding -----------------------------------------------------------------
@@ -199,30 +199,32 @@ def test_rebalance_logits_sets_the_strength_of_the_rebalancing():
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
-    np.testing.assert_allclose(softmax(color.rebalance_logits(trained, w, w, 0.0)), p, rtol=1e-4)
-    np.testing.assert_allclose(color.rebalance_logits(trained, w, w, 1.0), trained, rtol=1e-5)
-    half = softmax(color.rebalance_logits(trained, w, w, 0.5))
+    np.testing.assert_allclose(
+        softmax(rebalance.rebalance_logits(trained, w, w, 0.0)), p, rtol=1e-4
+    )
+    np.testing.assert_allclose(rebalance.rebalance_logits(trained, w, w, 1.0), trained, rtol=1e-5)
+    half = softmax(rebalance.rebalance_logits(trained, w, w, 0.5))
     np.testing.assert_allclose(half, softmax(np.log(np.sqrt(w) * p)), rtol=1e-4)
     # a network trained without weights predicts p; strength 1 makes it Zhang's
     plain = np.log(p)
-    vivid = softmax(color.rebalance_logits(plain, ones, w, 1.0))
+    vivid = softmax(rebalance.rebalance_logits(plain, ones, w, 1.0))
     np.testing.assert_allclose(vivid, softmax(trained), rtol=1e-4)
     with pytest.raises(ValueError, match="rebalance strength"):
-        color.rebalance_logits(trained, w, w, 2.5)
+        rebalance.rebalance_logits(trained, w, w, 2.5)
 
 
 def test_decode_ab_argmax_and_annealed(tf):
     table = color.get_bin_table("zhang313")
     logits = np.random.default_rng(0).normal(0, 3, (2, 5, table.size)).astype(np.float32)
     top = table.centres[logits.argmax(-1)]
-    np.testing.assert_allclose(color.decode_ab(logits, table.centres, "argmax").numpy(), top)
-    cold = color.decode_ab(logits, table.centres, "annealed", temperature=1e-4).numpy()
+    np.testing.assert_allclose(rebalance.decode_ab(logits, table.centres, "argmax").numpy(), top)
+    cold = rebalance.decode_ab(logits, table.centres, "annealed", temperature=1e-4).numpy()
     np.testing.assert_allclose(cold, top, atol=1e-3)
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    mean = color.decode_ab(logits, table.centres, "annealed", temperature=1.0).numpy()
+    mean = rebalance.decode_ab(logits, table.centres, "annealed", temperature=1.0).numpy()
     np.testing.assert_allclose(mean, p @ table.centres, atol=1e-3)
     with pytest.raises(ValueError, match="temperature"):
-        color.decode_ab(logits, table.centres, "annealed", temperature=0.0)
+        rebalance.decode_ab(logits, table.centres, "annealed", temperature=0.0)
     with pytest.raises(ValueError, match="decode: expected one of"):
-        color.decode_ab(logits, table.centres, "mode")
+        rebalance.decode_ab(logits, table.centres, "mode")

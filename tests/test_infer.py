@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from kcolor import cli, color, infer, model, photo
+from kcolor import cli, color, infer, model, photo, rebalance
 
 RNG = np.random.default_rng(0)
 
@@ -263,8 +263,8 @@ def test_rebalance_strength_and_the_decoding_the_model_records(tmp_path):
     posterior = infer.load_colorizer(path)
     assert (posterior.temperature, posterior.rebalance_strength) == (0.5, 0.0)
     logits = posterior.net.predict_on_batch(L[..., None])
-    w = color.rebalance_weights(prior, table, "zhang")
-    expected = color.decode_ab(logits - np.log(w), table.centres, "annealed", 0.5).numpy()
+    w = rebalance.rebalance_weights(prior, table, "zhang")
+    expected = rebalance.decode_ab(logits - np.log(w), table.centres, "annealed", 0.5).numpy()
     ab, _ = posterior.predict(L)
     np.testing.assert_allclose(ab, expected, atol=1e-4)
     # dividing the weights out moves the colors toward the (grayish) prior
@@ -293,8 +293,8 @@ def test_a_model_trained_without_rebalancing_is_rebalanced_at_decoding(tmp_path)
     L = np.stack([color.lightness(smooth(32, 32))])
     as_trained = infer.load_colorizer(path)
     logits = as_trained.net.predict_on_batch(L[..., None])
-    w = color.rebalance_weights(prior, table, "zhang")
-    expected = color.decode_ab(logits + np.log(w), table.centres, "annealed", 0.38).numpy()
+    w = rebalance.rebalance_weights(prior, table, "zhang")
+    expected = rebalance.decode_ab(logits + np.log(w), table.centres, "annealed", 0.38).numpy()
     vivid = infer.load_colorizer(path, rebalance_strength=1.0)
     np.testing.assert_allclose(vivid.predict(L)[0], expected, atol=1e-4)
     none = infer.load_colorizer(path, rebalance_strength=0.0)

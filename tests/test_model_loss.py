@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcolor import color, loss, model
+from kcolor import color, loss, model, rebalance
 
 
 def test_shapes_and_layer_counts():
@@ -163,7 +163,7 @@ def test_subsample_bins_takes_cell_centres():
 
 def test_target_kernel_spreads_to_the_nearest_bins():
     table = color.get_bin_table("zhang313")
-    kernel = color.target_kernel(table)
+    kernel = rebalance.target_kernel(table)
     assert kernel.shape == (313, 313)
     np.testing.assert_allclose(kernel.sum(1), 1, rtol=1e-5)
     assert (kernel.argmax(1) == np.arange(313)).all()
@@ -173,7 +173,7 @@ def test_target_kernel_spreads_to_the_nearest_bins():
     assert 0.55 < kernel[inner, inner] < 0.7
     assert kernel[inner][d[inner] > 25].sum() < 1e-3
     with pytest.raises(ValueError, match="sigma"):
-        color.target_kernel(table, 0)
+        rebalance.target_kernel(table, 0)
 
 
 def test_soft_loss_with_identity_kernel_and_uniform_cells_is_the_hard_loss():
@@ -192,7 +192,7 @@ def test_soft_loss_matches_a_per_cell_loop():
     rng = np.random.default_rng(3)
     q = 313
     weights = rng.uniform(0.1, 5, q).astype(np.float32)
-    kernel = color.target_kernel(color.get_bin_table("zhang313"))
+    kernel = rebalance.target_kernel(color.get_bin_table("zhang313"))
     bins = rng.integers(0, q, (2, 8, 12))
     logits = rng.normal(0, 3, (2, 2, 3, q)).astype(np.float32)
     ref = np.zeros(2)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 from conftest import write_miniplaces
 
-from kcolor import cli, color, dataset, loss, model, prep, shards, train
+from kcolor import cli, color, dataset, loss, model, prep, rebalance, shards, train
 
 TINY = dict(width=0.0625, batch_size=4, lr=3e-3, val_images=8, preview_images=2, log_every=2)
 
@@ -38,12 +38,12 @@ def _train_loss(model_path, shard_dir, soft=False):
     net = model.load_model(model_path)
     stats = shards.load_stats(shard_dir)
     table = color.get_bin_table("zhang313")
-    weights = color.rebalance_weights(stats["bin_counts"], table)
+    weights = rebalance.rebalance_weights(stats["bin_counts"], table)
     L, bins = dataset.load_arrays(shards.list_shards(shard_dir, "train"), 64)
     logits = net(color.decode_l(L)[..., None], training=True)
     bins = bins.astype(np.int32)
     if soft:  # the excess over the loss of predicting the targets exactly
-        kernel = color.target_kernel(table)
+        kernel = rebalance.target_kernel(table)
         fn = loss.SoftCrossEntropy(weights, kernel, reduction=None)
         n, h, w = bins.shape
         cells = np.eye(313)[bins].reshape(n, h // 4, 4, w // 4, 4, 313).mean((2, 4))
@@ -210,7 +210,7 @@ def test_shards_that_are_not_contiguous_are_refused(shard_dir, tmp_path):
 
 def test_nan_loss_stops_with_the_step(shard_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        color, "rebalance_weights", lambda counts, table, mode: np.full(table.size, np.nan)
+        rebalance, "rebalance_weights", lambda counts, table, mode: np.full(table.size, np.nan)
     )
     with pytest.raises(train.TrainingError, match="loss is nan at step 1"):
         train.fit(shard_dir, tmp_path / "run", _cfg(epochs=1), echo=lambda _m: None)

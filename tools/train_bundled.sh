@@ -5,13 +5,13 @@
 #
 # Resumable: rerun after an interruption and prep skips finished shards, fit resumes
 # from its last checkpoint. About 50 minutes on 2 CPU cores with AVX-512 BF16; on a CPU
-# without bfloat16 instructions set PRECISION=fp32 (mixed_bfloat16 is ~6x slower there).
+# without bfloat16 instructions, PRECISION=auto picks fp32 (bf16 is ~6x slower there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHOTOS=${1:-../shared/data/photos-train}
 WORK=${2:-work}
 KCOLOR=${KCOLOR:-.venv/bin/kcolor}
-PRECISION=${PRECISION:-mixed_bfloat16}
+PRECISION=${PRECISION:-auto}
 
 "$KCOLOR" prep "$PHOTOS" "$WORK/photos128" --size 128
 # plain cross-entropy (--rebalance none); Zhang's rebalancing is applied when decoding
