@@ -21,6 +21,9 @@ ARCHS = ("eccv16", "effnet_lite0")
 # what input sides must divide by: eccv16 has three stride-2 stages, EfficientNet five
 ARCH_STRIDES = {"eccv16": 8, "effnet_lite0": 32}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# `kcolor export`: file formats, and what the exported model outputs
+EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
+EXPORT_OUTPUTS = ("ab", "bins")
 # earlier names of the precisions, still read from old run configs and flags
 PRECISION_ALIASES = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}
 LR_SCHEDULES = ("constant", "cosine")

@@ -35,9 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 from kcolor import infer, rebalance
+from kcolor.config import EXPORT_FORMATS as FORMATS
+from kcolor.config import EXPORT_OUTPUTS as OUTPUTS
 
-FORMATS = ("savedmodel", "tflite", "onnx")
-OUTPUTS = ("ab", "bins")
 ONNX_OPSET = 17  # onnxruntime runs it since 1.13; tf2onnx 1.17 knows opsets up to 18
 
 

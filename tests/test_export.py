@@ -129,12 +129,21 @@ def test_bad_arguments_fail_before_loading(tmp_path, monkeypatch):
         export.export(missing, tmp_path / "m.onnx", "onnx")
 
 
-def test_the_cli_offers_the_library_choices():
-    # cli.py spells the choices out (importing kcolor.export there would import TensorFlow)
+def test_the_export_command_writes_a_model_and_refuses_a_bad_one(model_path, tmp_path):
+    from click.testing import CliRunner
+
     from kcolor import cli
 
-    command = cli.main.commands.get("export")
-    if command is None:
-        pytest.skip("no `kcolor export` command in cli.py yet")
-    choices = {p.name: tuple(p.type.choices) for p in command.params if hasattr(p.type, "choices")}
-    assert choices == {"fmt": export.FORMATS, "output": export.OUTPUTS}
+    out = tmp_path / "k.tflite"
+    result = CliRunner().invoke(
+        cli.main, ["export", str(model_path), "--format", "tflite", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0 and "-> ab" in result.output
+    bad = tmp_path / "bad.keras"
+    bad.write_text("not a model")
+    result = CliRunner().invoke(
+        cli.main, ["export", str(bad), "--format", "tflite", "-o", str(out)]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {bad}: not a kcolor model")

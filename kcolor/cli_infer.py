@@ -1,0 +1,315 @@
+"""The `kcolor` commands that use a trained model: colorize, evaluate, decoding, export.
+
+    kcolor colorize old_photos/ -o colorized/
+    kcolor evaluate val/ -r --json eval.json
+    kcolor export --format tflite -o kcolor.tflite
+
+Registered on the `kcolor` group by kcolor.cli; like it, a thin click shell that imports
+the library lazily (TensorFlow takes seconds to import).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kcolor.config import EXPORT_FORMATS, EXPORT_OUTPUTS, PRECISIONS
+
+
+def _precision_option(**kwargs):
+    return click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        help="Arithmetic: auto = bf16 where it runs faster (a GPU, or a CPU with bfloat16 "
+        "instructions for eccv16), else fp32. Models are stored in fp32 either way.",
+        **kwargs,
+    )
+
+
+# --- colorize -------------------------------------------------------------------
+
+_MODEL_HELP = "A .keras file (or run folder) from `kcolor fit`.  [default: the bundled model]"
+_SIZE_HELP = "Side the lightness is resized to for the network, rounded to a multiple of 8.  [default: the model's input size]"
+
+
+def _network_options(f):
+    """--model, --size, --decode, --temperature, --rebalance-strength and --batch-size
+    (colorize and evaluate)."""
+    f = click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        help="Photos per network batch.",
+    )(f)
+    f = click.option(
+        "--temperature",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Annealed-mean temperature.  [default: the model's; 0.38, the paper's, unless `kcolor decoding` set another]",
+    )(f)
+    f = click.option(
+        "--rebalance-strength",
+        type=click.FloatRange(0, 2),
+        help="Class rebalancing applied when decoding: 0 = none (accurate but dull), "
+        "1 = Zhang's (vivid, the paper's), between trades the two.  [default: the model's]",
+    )(f)
+    f = click.option(
+        "--decode",
+        type=click.Choice(["annealed", "argmax"]),
+        default="annealed",
+        show_default=True,
+        help="ab from the bin distribution: annealed mean or top bin.",
+    )(f)
+    f = click.option("--size", type=click.IntRange(min=1), help=_SIZE_HELP)(f)
+    f = _precision_option(default="auto", show_default=True)(f)
+    return click.option(
+        "--model", "model_path", type=click.Path(exists=True, path_type=Path), help=_MODEL_HELP
+    )(f)
+
+
+def _load_colorizer(model_path, **decoding):
+    """The colorizer of the _network_options (model_path, size, decode, temperature,
+    rebalance_strength)."""
+    from kcolor import infer
+
+    click.echo("Loading model...", err=True)
+    try:
+        return infer.load_colorizer(model_path, **decoding)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _no_images(inputs, recursive) -> click.ClickException:
+    hint = "" if recursive or not any(p.is_dir() for p in inputs) else " (-r looks into subfolders)"
+    return click.ClickException(
+        f"no images (.jpg .png .webp .tif .bmp) in {', '.join(map(str, inputs))}{hint}"
+    )
+
+
+@click.command()
+@click.argument(
+    "inputs",
+    metavar="INPUT...",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder.  [default: colorized/ in each input folder, beside each input file]",
+)
+@click.option(
+    "-r",
+    "--recursive",
+    is_flag=True,
+    help="Also colorize the photos in subfolders of folder inputs.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "jpeg", "webp", "tiff", "bmp"]),
+    help="Output format.  [default: the input's]",
+)
+@click.option(
+    "--compare", is_flag=True, help="Also write NAME-compare.EXT: input | output side by side."
+)
+@_network_options
+def colorize(inputs, out, recursive, fmt, compare, batch_size, **network):
+    """Colorize the photos INPUT (files and folders: JPEG, PNG, WebP, TIFF, BMP).
+
+    Each output keeps its input's name, size and format (unless --format). With -o
+    they go to OUT, keeping the paths below a folder input; without it, to a
+    `colorized/` folder inside each folder input, or beside each file input. Inputs
+    are never overwritten. Exit status 1 when any photo failed.
+    """
+    import sys
+    import time
+
+    from kcolor import infer
+
+    start = time.monotonic()
+    jobs, refused = infer.plan(inputs, out, recursive, fmt, compare)
+    if not jobs and not refused:
+        raise _no_images(inputs, recursive)
+    problems = [f"{path}: {why}" for path, why in refused]
+    colorizer = _load_colorizer(**network) if jobs else None
+    with click.progressbar(length=len(jobs), label="Colorizing", file=sys.stderr) as bar:
+
+        def on_result(job, problem):
+            bar.update(1)
+            if problem:
+                problems.append(f"{job.src}: {problem}")
+
+        if jobs:
+            infer.colorize_files(jobs, colorizer, batch_size, on_result=on_result)
+    for line in problems:
+        click.echo(line, err=True)
+    done = len(jobs) + len(refused) - len(problems)
+    where = f" -> {out}" if out else ""
+    click.echo(
+        f"{done} colorized, {len(problems)} failed in {time.monotonic() - start:.1f} s{where}"
+    )
+    if problems:
+        sys.exit(1)
+
+
+# --- evaluate -------------------------------------------------------------------
+
+
+@click.command()
+@click.argument(
+    "truth",
+    metavar="TRUTH...",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+)
+@click.option(
+    "-r", "--recursive", is_flag=True, help="Also use the photos in subfolders of folder inputs."
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Evaluate only the first N photos (in path order)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report (per photo, mean, all pixels) to this JSON file.",
+)
+@_network_options
+def evaluate(truth, recursive, limit, json_path, batch_size, **network):
+    """Score the model on color photos TRUTH (files and folders) against gray.
+
+    Each photo loses its color and is colorized as `kcolor colorize` would, at its
+    own resolution; the table gives, per photo and on average, model and grayscale
+    baseline (a = b = 0) side by side: AuC of the per-pixel ab error (thresholds
+    0..150) raw and class-rebalanced, PSNR, SSIM, colorfulness and its distance to
+    the truth's, and top-1 bin accuracy at the network's output resolution. The "all
+    pixels" row gives both AuCs over the pooled pixels of all photos, as Zhang et al.
+    report them.
+    """
+    import sys
+
+    from kcolor import infer, metrics
+
+    outputs = [p / infer.OUTPUT_DIR for p in truth]  # earlier `kcolor colorize` results
+    paths = [path for path, _ in infer.find_images(truth, recursive, skip=outputs)][:limit]
+    if not paths:
+        raise _no_images(truth, recursive)
+    colorizer = _load_colorizer(**network)
+    problems = []
+    with click.progressbar(length=len(paths), label="Evaluating", file=sys.stderr) as bar:
+
+        def on_image(path, problem):
+            bar.update(1)
+            if problem:
+                problems.append(f"{path}: {problem}")
+
+        report = metrics.evaluate(paths, colorizer, batch_size, on_image=on_image)
+    report["model"] = str(colorizer.source)
+    for line in problems:
+        click.echo(line, err=True)
+    click.echo(metrics.format_table(report))
+    if json_path:
+        try:
+            metrics.write_json(report, json_path)
+        except OSError as e:
+            raise click.ClickException(
+                f"{json_path}: cannot write the report ({e.strerror or e})"
+            ) from None
+        click.echo(f"Report written to {json_path}")
+    if problems:
+        click.echo(f"{len(problems)} of {len(paths)} photos failed", err=True)
+        sys.exit(1)
+
+
+# --- decoding -------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    help="New default annealed-mean temperature.",
+)
+@click.option(
+    "--rebalance-strength",
+    type=click.FloatRange(0, 2),
+    help="New default rebalance strength (0 = none, 1 = Zhang's).",
+)
+def decoding(model_path, temperature, rebalance_strength):
+    """Show, or set, the decoding defaults that MODEL_PATH (a .keras file) records.
+
+    `kcolor colorize` and `kcolor evaluate` use them unless given --temperature or
+    --rebalance-strength. Choose them with `kcolor evaluate` on photos the model was not
+    trained on.
+    """
+    from kcolor import model
+
+    try:
+        if temperature is None and rebalance_strength is None:
+            info = model.model_info(model.load_model(model_path))
+        else:
+            info = model.set_decoding(model_path, temperature, rebalance_strength)
+    except (ValueError, OSError) as e:  # OSError: the file or its folder is not writable
+        raise click.ClickException(str(e)) from None
+    strength = info["rebalance_strength"]
+    click.echo(
+        f"{model_path}: temperature {info['temperature']:g}, rebalance strength "
+        + ("as trained" if strength is None else f"{strength:g}")
+    )
+
+
+# --- export -------------------------------------------------------------------
+
+
+@click.command("export")
+@click.argument(
+    "model_path", metavar="[MODEL]", required=False, type=click.Path(exists=True, path_type=Path)
+)
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(EXPORT_FORMATS),
+    help="savedmodel (a folder), tflite or onnx (a file; onnx needs `pip install 'kcolor[export]'`).",
+)
+@click.option(
+    "--output",
+    type=click.Choice(EXPORT_OUTPUTS),
+    default="ab",
+    show_default=True,
+    help="ab: the model's decoding (`kcolor decoding` shows it); bins: the bin distribution.",
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="File (tflite, onnx) or folder (savedmodel) to write.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    help="Export for this input side only (rounded to a multiple of 8, or 32 for effnet_lite0).  "
+    "[default: any side (eccv16); the model's input size (effnet_lite0)]",
+)
+def export(model_path, fmt, output, out, size):
+    """Export MODEL (a .keras file or run folder; default: the bundled model) for serving.
+
+    The exported model takes L (batch, H, W, 1) in [0, 100] and gives ab (batch, H/4,
+    W/4, 2) decoded as `kcolor colorize` decodes it, or with --output bins the bin
+    distribution (batch, H/4, W/4, 313). It runs in float32.
+    """
+    from kcolor import export as exporter
+
+    click.echo("Exporting...", err=True)
+    try:
+        exported = exporter.export(model_path, out, fmt, output, size=size)
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(str(exported))
