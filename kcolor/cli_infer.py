@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from kcolor.config import EXPORT_FORMATS, EXPORT_OUTPUTS, PRECISIONS
+from kcolor.video import SMOOTHING, VIDEO_SUFFIXES
 
 
 def _precision_option(**kwargs):
@@ -41,7 +42,7 @@ def _network_options(f):
         type=click.IntRange(min=1),
         default=8,
         show_default=True,
-        help="Photos per network batch.",
+        help="Photos (or video frames) per network batch.",
     )(f)
     f = click.option(
         "--temperature",
@@ -80,11 +81,39 @@ def _load_colorizer(model_path, **decoding):
         raise click.ClickException(str(e)) from None
 
 
-def _no_images(inputs, recursive) -> click.ClickException:
+def _no_images(inputs, recursive, videos=False) -> click.ClickException:
     hint = "" if recursive or not any(p.is_dir() for p in inputs) else " (-r looks into subfolders)"
+    also = f" or videos ({' '.join(VIDEO_SUFFIXES)})" if videos else ""
     return click.ClickException(
-        f"no images (.jpg .png .webp .tif .bmp) in {', '.join(map(str, inputs))}{hint}"
+        f"no images (.jpg .png .webp .tif .bmp){also} in {', '.join(map(str, inputs))}{hint}"
     )
+
+
+def _colorize_video(job, colorizer, smoothing, batch_size) -> None:
+    """One video, with a progress bar in frames and frames/s; ValueError (one line, naming
+    the file) for a bad one."""
+    import sys
+    import time
+
+    from kcolor import video
+
+    frames = video.probe(job.src).frames  # from the header: an estimate in some containers
+    start, written = time.monotonic(), 0
+
+    def speed(_):
+        return f"{written / max(time.monotonic() - start, 1e-9):.1f} frames/s"
+
+    bar = click.progressbar(
+        length=max(frames, 1), label=job.src.name, file=sys.stderr, item_show_func=speed
+    )
+    with bar:
+
+        def progress(n):
+            nonlocal written
+            written += n
+            bar.update(n)
+
+        video.colorize_video(colorizer, job.src, job.dst, smoothing, batch_size, progress)
 
 
 @click.command()
@@ -105,49 +134,75 @@ def _no_images(inputs, recursive) -> click.ClickException:
     "-r",
     "--recursive",
     is_flag=True,
-    help="Also colorize the photos in subfolders of folder inputs.",
+    help="Also colorize the photos and videos in subfolders of folder inputs.",
 )
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["png", "jpeg", "webp", "tiff", "bmp"]),
-    help="Output format.  [default: the input's]",
+    help="Output format of photos.  [default: the input's]",
 )
 @click.option(
     "--compare", is_flag=True, help="Also write NAME-compare.EXT: input | output side by side."
 )
+@click.option(
+    "--temporal-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=SMOOTHING,
+    show_default=True,
+    help="Videos: weight of the past frames in the moving average of the predicted colors; "
+    "0 colorizes each frame alone. Restarts at scene cuts.",
+)
 @_network_options
-def colorize(inputs, out, recursive, fmt, compare, batch_size, **network):
-    """Colorize the photos INPUT (files and folders: JPEG, PNG, WebP, TIFF, BMP).
+def colorize(inputs, out, recursive, fmt, compare, temporal_smoothing, batch_size, **network):
+    """Colorize the photos and videos INPUT (files and folders: JPEG, PNG, WebP, TIFF,
+    BMP; MP4, MKV, MOV, AVI, WebM).
 
-    Each output keeps its input's name, size and format (unless --format). With -o
-    they go to OUT, keeping the paths below a folder input; without it, to a
+    Each output keeps its input's name, size and format (unless --format, photos only).
+    With -o they go to OUT, keeping the paths below a folder input; without it, to a
     `colorized/` folder inside each folder input, or beside each file input. Inputs
-    are never overwritten. Exit status 1 when any photo failed.
+    are never overwritten. A video keeps its frame rate, frame count and audio; its
+    colors are smoothed over time (--temporal-smoothing). Exit status 1 when any input
+    failed.
     """
     import sys
     import time
 
-    from kcolor import infer
+    from kcolor import infer, video
 
     start = time.monotonic()
-    jobs, refused = infer.plan(inputs, out, recursive, fmt, compare)
-    if not jobs and not refused:
-        raise _no_images(inputs, recursive)
+
+    def is_video(p):
+        return not p.is_dir() and p.suffix.lower() in video.VIDEO_SUFFIXES
+
+    photos = [p for p in inputs if not is_video(p)]
+    films = [p for p in inputs if p.is_dir() or is_video(p)]
+    jobs, refused = infer.plan(photos, out, recursive, fmt, compare) if photos else ([], [])
+    clips, clips_refused = (
+        infer.plan(films, out, recursive, suffixes=video.VIDEO_SUFFIXES) if films else ([], [])
+    )
+    refused += clips_refused
+    if not jobs and not clips and not refused:
+        raise _no_images(inputs, recursive, videos=True)
     problems = [f"{path}: {why}" for path, why in refused]
-    colorizer = _load_colorizer(**network) if jobs else None
-    with click.progressbar(length=len(jobs), label="Colorizing", file=sys.stderr) as bar:
+    colorizer = _load_colorizer(**network) if jobs or clips else None
+    if jobs:
+        with click.progressbar(length=len(jobs), label="Colorizing", file=sys.stderr) as bar:
 
-        def on_result(job, problem):
-            bar.update(1)
-            if problem:
-                problems.append(f"{job.src}: {problem}")
+            def on_result(job, problem):
+                bar.update(1)
+                if problem:
+                    problems.append(f"{job.src}: {problem}")
 
-        if jobs:
             infer.colorize_files(jobs, colorizer, batch_size, on_result=on_result)
+    for job in clips:
+        try:
+            _colorize_video(job, colorizer, temporal_smoothing, batch_size)
+        except ValueError as e:  # the message names the file
+            problems.append(str(e))
     for line in problems:
         click.echo(line, err=True)
-    done = len(jobs) + len(refused) - len(problems)
+    done = len(jobs) + len(clips) + len(refused) - len(problems)
     where = f" -> {out}" if out else ""
     click.echo(
         f"{done} colorized, {len(problems)} failed in {time.monotonic() - start:.1f} s{where}"

@@ -108,13 +108,13 @@ class Colorizer:
             )
         self.source = source
 
-    def predict(self, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Network + decoding.
+    def logits(self, L: np.ndarray) -> np.ndarray:
+        """The network's bin logits, rebalanced as this colorizer decodes them.
 
         Args:
             L: (B, S, S) float32 lightness in [0, 100], S = self.side.
         Returns:
-            ab: (B, S/4, S/4, 2) float32 decoded ab; bins: (B, S/4, S/4) int32 argmax bins.
+            (B, S/4, S/4, Q) float32 logits.
         """
         x = np.asarray(L, np.float32)[..., None]
         if self.replicas > 1:  # predict() splits the batch over the replicas
@@ -123,6 +123,17 @@ class Colorizer:
             logits = self.net.predict_on_batch(x)
         if self._weights is not None:
             logits = rebalance.rebalance_logits(logits, *self._weights, self.rebalance_strength)
+        return np.asarray(logits, np.float32)
+
+    def predict(self, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network + decoding.
+
+        Args:
+            L: (B, S, S) float32 lightness in [0, 100], S = self.side.
+        Returns:
+            ab: (B, S/4, S/4, 2) float32 decoded ab; bins: (B, S/4, S/4) int32 argmax bins.
+        """
+        logits = self.logits(L)
         ab = rebalance.decode_ab(logits, self.table.centres, self.decode, self.temperature)
         return np.asarray(ab), np.argmax(logits, axis=-1).astype(np.int32)
 
@@ -177,10 +188,10 @@ class Job:
 
 
 def find_images(
-    inputs: Iterable[str | os.PathLike], recursive: bool = False, skip=()
+    inputs: Iterable[str | os.PathLike], recursive: bool = False, skip=(), suffixes=IMAGE_SUFFIXES
 ) -> list[tuple[Path, Path]]:
     """(file, folder it was found in) of each image; files given by name are kept whatever
-    their suffix, folders give their IMAGE_SUFFIXES files (sorted; subfolders with
+    their suffix, folders give their files with `suffixes` (sorted; subfolders with
     `recursive`, except hidden ones and those in `skip`)."""
     skip = {Path(s).resolve() for s in skip}
     found = []
@@ -191,7 +202,7 @@ def find_images(
         walk = sorted(item.rglob("*") if recursive else item.iterdir())
         for f in walk:
             rel = f.relative_to(item)
-            if any(p.startswith(".") for p in rel.parts) or f.suffix.lower() not in IMAGE_SUFFIXES:
+            if any(p.startswith(".") for p in rel.parts) or f.suffix.lower() not in suffixes:
                 continue
             if any(d in skip for d in f.resolve().parents) or not f.is_file():
                 continue
@@ -200,9 +211,12 @@ def find_images(
 
 
 def plan(
-    inputs, out=None, recursive=False, fmt=None, compare=False
+    inputs, out=None, recursive=False, fmt=None, compare=False, suffixes=IMAGE_SUFFIXES
 ) -> tuple[list[Job], list[tuple[Path, str]]]:
     """Output paths for the inputs, and the inputs refused (with the reason).
+
+    suffixes: the files folders give (kcolor.video.VIDEO_SUFFIXES for videos, whose
+    outputs keep their suffix).
 
     Outputs go to OUT/<path relative to the input folder> (a file given by name: OUT/<name>);
     without OUT, to <input folder>/colorized/... (for a file: colorized/ beside it).
@@ -210,7 +224,7 @@ def plan(
     """
     inputs = [Path(i) for i in inputs]
     outdirs = [Path(out)] if out else [(i if i.is_dir() else i.parent) / OUTPUT_DIR for i in inputs]
-    found = find_images(inputs, recursive, skip=outdirs)
+    found = find_images(inputs, recursive, skip=outdirs, suffixes=suffixes)
     sources = {f.resolve() for f, _ in found}
     jobs, refused, taken = [], [], {}
     for f, root in found:
@@ -219,8 +233,8 @@ def plan(
         )
         if fmt:
             dst, dst_fmt = base.with_suffix(OUTPUT_FORMATS[fmt]), fmt.upper()
-        elif f.suffix.lower() in IMAGE_SUFFIXES:
-            dst, dst_fmt = base, IMAGE_SUFFIXES[f.suffix.lower()]
+        elif f.suffix.lower() in suffixes:
+            dst, dst_fmt = base, IMAGE_SUFFIXES.get(f.suffix.lower())
         else:
             dst, dst_fmt = base.with_name(base.name + ".png"), "PNG"
         cmp = dst.with_name(f"{dst.stem}-compare{dst.suffix}") if compare else None

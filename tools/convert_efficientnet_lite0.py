@@ -120,18 +120,24 @@ def main():
     k_logits = np.asarray(net.predict_on_batch(rgb))
     feat_net = encoder.features_model(net)
     k_feats = [np.asarray(f) for f in feat_net.predict_on_batch(rgb)]
-    print(f"logits: max |keras - torch| {np.abs(k_logits - t_logits.numpy()).max():.2e} "
-          f"(logits span {np.ptp(t_logits.numpy()):.1f})")
+    print(
+        f"logits: max |keras - torch| {np.abs(k_logits - t_logits.numpy()).max():.2e} "
+        f"(logits span {np.ptp(t_logits.numpy()):.1f})"
+    )
     for stride, k in zip(encoder.FEATURE_BLOCKS, k_feats, strict=True):
         t = t_feats[encoder.FEATURE_BLOCKS[stride]].permute(0, 2, 3, 1).numpy()
-        print(f"stride {stride} features {k.shape[1:]}: max |keras - torch| "
-              f"{np.abs(k - t).max():.2e} (span {np.ptp(t):.1f})")
+        print(
+            f"stride {stride} features {k.shape[1:]}: max |keras - torch| "
+            f"{np.abs(k - t).max():.2e} (span {np.ptp(t):.1f})"
+        )
     for name, kl, il in zip(PHOTOS, k_logits, i_logits.numpy(), strict=True):
         top = np.argsort(-kl)[:5]
         p = np.exp(kl - kl.max()) / np.exp(kl - kl.max()).sum()
         pi = np.exp(il - il.max()) / np.exp(il - il.max()).sum()
-        print(f"{name}: top-5 {top.tolist()} p(top1) {p[top[0]]:.3f} "
-              f"(ImageNet mean/std instead: top-1 {int(np.argmax(il))} p {pi.max():.3f})")
+        print(
+            f"{name}: top-5 {top.tolist()} p(top1) {p[top[0]]:.3f} "
+            f"(ImageNet mean/std instead: top-1 {int(np.argmax(il))} p {pi.max():.3f})"
+        )
 
 
 if __name__ == "__main__":
