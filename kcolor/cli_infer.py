@@ -248,7 +248,8 @@ def evaluate(truth, recursive, limit, json_path, batch_size, **network):
     """
     import sys
 
-    from kcolor import infer, metrics
+    from kcolor import evaluate as evaluation
+    from kcolor import infer
 
     outputs = [p / infer.OUTPUT_DIR for p in truth]  # earlier `kcolor colorize` results
     paths = [path for path, _ in infer.find_images(truth, recursive, skip=outputs)][:limit]
@@ -263,21 +264,22 @@ def evaluate(truth, recursive, limit, json_path, batch_size, **network):
             if problem:
                 problems.append(f"{path}: {problem}")
 
-        report = metrics.evaluate(paths, colorizer, batch_size, on_image=on_image)
+        report = evaluation.evaluate(paths, colorizer, batch_size, on_image=on_image)
     report["model"] = str(colorizer.source)
+    problems += [f"{s['image']}: {s['reason']}" for s in report["skipped"]]
     for line in problems:
         click.echo(line, err=True)
-    click.echo(metrics.format_table(report))
+    click.echo(evaluation.format_table(report))
     if json_path:
         try:
-            metrics.write_json(report, json_path)
+            evaluation.write_json(report, json_path)
         except OSError as e:
             raise click.ClickException(
                 f"{json_path}: cannot write the report ({e.strerror or e})"
             ) from None
         click.echo(f"Report written to {json_path}")
-    if problems:
-        click.echo(f"{len(problems)} of {len(paths)} photos failed", err=True)
+    if report["failed"]:
+        click.echo(f"{len(report['failed'])} of {len(paths)} photos failed", err=True)
         sys.exit(1)
 
 

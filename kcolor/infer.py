@@ -257,26 +257,93 @@ def _header_pixels(path: Path) -> int:
         return 0
 
 
-def _batches(jobs: list[Job], batch_size: int) -> Iterator[list[Job]]:
+def _batches(items: list, path: Callable, batch_size: int) -> Iterator[list]:
     """Batches of at most batch_size photos and BATCH_PIXELS decoded pixels (or one photo)."""
     batch, pixels = [], 0
-    for job in jobs:
-        px = _header_pixels(job.src)
+    for item in items:
+        px = _header_pixels(path(item))
         if batch and (len(batch) == batch_size or pixels + px > BATCH_PIXELS):
             yield batch
             batch, pixels = [], 0
-        batch.append(job)
+        batch.append(item)
         pixels += px
     if batch:
         yield batch
 
 
-def _load(job: Job, side: int) -> tuple[Photo, np.ndarray]:
-    photo = open_photo(job.src)
-    return photo, net_lightness(photo, side)
+def run_photos(
+    items: list,
+    colorizer: Colorizer,
+    finish: Callable,
+    path: Callable = lambda item: item,
+    batch_size: int = 8,
+    workers: int | None = None,
+    on_result: Callable | None = None,
+) -> list[tuple[Path, str]]:
+    """The batched photo runner of colorize, evaluate and the decoding sweep: load each
+    item's photo, run the network on batches, then `finish` each photo; a bad photo fails
+    alone.
+
+    Args:
+        items: what to run (paths, or `Job`s with `path=lambda job: job.src`).
+        finish: `finish(item, photo, ab_low, bins, workers) -> result`, run on the pool:
+            ab_low (S/4, S/4, 2) float32 and bins (S/4, S/4) int32 from `Colorizer.predict`.
+        on_result: `on_result(item, problem or None, result or None)`, once per item, in
+            the calling thread.
+    Memory stays bounded: a batch holds at most `batch_size` photos and BATCH_PIXELS
+    decoded pixels, and the finishing of one batch overlaps the next batch's decoding
+    and network. Decoding and finishing run on `workers` threads (default: all cores).
+
+    Returns:
+        [(file, one-line problem)] for the items that failed.
+    """
+    workers = workers or os.cpu_count() or 1
+    failed = []
+
+    def outcome(item, future, last_step):
+        try:
+            result = future.result()
+        except Exception as e:  # one bad photo must not stop the others
+            failed.append((path(item), describe_error(e)))
+            if on_result:
+                on_result(item, failed[-1][1], None)
+            return None
+        if last_step and on_result:
+            on_result(item, None, result)
+        return result
+
+    def load(item):
+        photo = open_photo(path(item))
+        return photo, net_lightness(photo, colorizer.side)
+
+    with ThreadPoolExecutor(workers) as pool:
+        finishing = []
+        for batch in _batches(items, path, batch_size):
+            loads = [(item, pool.submit(load, item)) for item in batch]
+            loaded = [(item, r) for item, f in loads if (r := outcome(item, f, False)) is not None]
+            ab = bins = ()
+            try:
+                if loaded:
+                    ab, bins = colorizer.predict(np.stack([r[1] for _, r in loaded]))
+            except Exception as e:  # e.g. out of device memory: this batch fails, not the run
+                for item, _ in loaded:
+                    failed.append((path(item), describe_error(e)))
+                    if on_result:
+                        on_result(item, failed[-1][1], None)
+                loaded = []
+            for item, f in finishing:
+                outcome(item, f, True)
+            strip_workers = max(1, workers // max(1, len(loaded)))  # a lone huge photo: all cores
+            finishing = [
+                (item, pool.submit(finish, item, photo, a, b, strip_workers))
+                for (item, (photo, _)), a, b in zip(loaded, ab, bins, strict=True)
+            ]
+        for item, f in finishing:
+            outcome(item, f, True)
+    return failed
 
 
-def _finish(job: Job, photo: Photo, ab_low: np.ndarray, workers: int) -> None:
+def _write(job: Job, photo: Photo, ab_low: np.ndarray, bins, workers: int) -> None:
     out = compose(photo, ab_low, workers)
     save_image(out, job.dst, job.fmt, photo.exif)
     if job.compare is not None:
@@ -290,51 +357,12 @@ def colorize_files(
     workers: int | None = None,
     on_result: Callable[[Job, str | None], None] | None = None,
 ) -> list[tuple[Path, str]]:
-    """Colorize and write each job's photo; a bad photo fails alone.
+    """Colorize and write each job's photo (`run_photos`); a bad photo fails alone.
 
-    Decoding and writing run on `workers` threads (default: all cores); the writes of
-    one batch overlap the next batch's decoding and network.
     `on_result(job, None or problem)` is called once per job, in the calling thread.
-
-    Returns:
-        [(file, one-line problem)] for the photos that failed.
+    Returns [(file, one-line problem)] for the photos that failed.
     """
-    workers = workers or os.cpu_count() or 1
-    failed = []
-
-    def fail(job, exc):
-        failed.append((job.src, describe_error(exc)))
-        if on_result:
-            on_result(job, failed[-1][1])
-
-    def outcome(job, future, last_step):
-        try:
-            result = future.result()
-        except Exception as e:  # one bad photo must not stop the others
-            fail(job, e)
-            return None
-        if last_step and on_result:
-            on_result(job, None)
-        return result
-
-    with ThreadPoolExecutor(workers) as pool:
-        saving = []
-        for batch in _batches(jobs, batch_size):
-            loads = [(job, pool.submit(_load, job, colorizer.side)) for job in batch]
-            loaded = [(job, r) for job, f in loads if (r := outcome(job, f, False)) is not None]
-            try:
-                ab = colorizer.predict(np.stack([r[1] for _, r in loaded]))[0] if loaded else []
-            except Exception as e:  # e.g. out of device memory: this batch fails, not the run
-                for job, _ in loaded:
-                    fail(job, e)
-                loaded, ab = [], []
-            for job, f in saving:
-                outcome(job, f, True)
-            strip_workers = max(1, workers // max(1, len(loaded)))  # a lone huge photo: all cores
-            saving = [
-                (job, pool.submit(_finish, job, photo, a, strip_workers))
-                for (job, (photo, _)), a in zip(loaded, ab, strict=True)
-            ]
-        for job, f in saving:
-            outcome(job, f, True)
-    return failed
+    report = None if on_result is None else (lambda job, problem, _: on_result(job, problem))
+    return run_photos(
+        jobs, colorizer, _write, lambda job: job.src, batch_size, workers, on_result=report
+    )

@@ -1,14 +1,10 @@
-"""Colorization metrics, and `kcolor evaluate`: the model against the grayscale baseline.
+"""Colorization metrics: pure functions of arrays, used by `kcolor evaluate`
+(kcolor.evaluate) and by the val figures of `kcolor fit` (kcolor.monitor).
 
-    kcolor evaluate val/ -r --limit 500 --model runs/a/model.keras --json eval.json
+    >>> from kcolor import metrics
+    >>> metrics.auc(ab_pred, ab_true)                    # % , thresholds 0..150
+    >>> metrics.auc_from_histogram(hist, weights)        # the same from error counts
 
-    >>> from kcolor import infer, metrics
-    >>> report = metrics.evaluate(paths, infer.load_colorizer("runs/a/model.keras"))
-    >>> print(metrics.format_table(report))
-
-Each truth photo loses its color, is colorized by the code path of `kcolor colorize`
-(in memory, at the truth's resolution) and is scored beside the grayscale baseline
-(a = b = 0), since a model that does not beat gray has learnt nothing:
 - AuC: area under the cumulative curve of per-pixel ab errors (fraction of pixels with
   L2 ab error <= t, t = 0..150), normalized to 100 % (Zhang et al. 2016, Sec. 3.1);
   "rebalanced" weights each pixel inversely by the probability of its true ab bin, as
@@ -25,17 +21,12 @@ Each truth photo loses its color, is colorized by the code path of `kcolor color
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from kcolor import color, photo, rebalance
+from kcolor import color, rebalance
 
 AUC_MAX_THRESHOLD = 150  # ab error thresholds 0..150 (Zhang et al. 2016, Sec. 3.1)
 PSNR_CAP = 100.0  # dB reported for identical images (JSON has no infinity)
@@ -168,23 +159,23 @@ def truth_bins(truth: Image.Image, side: int, table: color.BinTable) -> np.ndarr
     return subsample_bins(table.quantize(color.rgb_to_lab(small)[..., 1:])[None])[0]
 
 
-# --- evaluate ---------------------------------------------------------------------------
+def score_rgb8(truth: np.ndarray, preds: dict, table: color.BinTable) -> tuple[dict, dict]:
+    """Metrics of colorizations of one photo against its truth.
 
+    Args:
+        truth: (H, W, 3) uint8 RGB; preds: {name: (H, W, 3) uint8 RGB}.
+    Returns:
+        ({name: {"auc", "psnr", "ssim", "colorfulness", "colorfulness_distance"}} plus
+        "truth_colorfulness", {name: (Q, T + 2) error_histogram by true bin}). Works in
+        row strips, so the float temporaries stay bounded for any photo size.
+    """
+    from kcolor.photo import row_strips
 
-def _score(ph: photo.Photo, ab_low, pred_bins, colorizer, workers: int) -> tuple[dict, dict]:
-    """Metrics of one photo (all but the rebalanced AuC) and its error histograms."""
-    ph = photo.Photo(ph.image)  # alpha plays no part
-    table = colorizer.table
-    truth = np.asarray(photo.to_rgb8(ph))
-    preds = {
-        "model": np.asarray(photo.compose(ph, ab_low, workers)),
-        "gray": np.asarray(photo.compose(ph, np.zeros((1, 1, 2), np.float32))),
-    }
     height, width = truth.shape[:2]
     hist = {k: np.zeros((table.size, AUC_MAX_THRESHOLD + 2), np.int64) for k in preds}
     moments = {k: np.zeros(5) for k in (*preds, "truth")}
     sse = dict.fromkeys(preds, 0.0)
-    for r0, r1 in photo.row_strips(height, width):  # bounded float temporaries
+    for r0, r1 in row_strips(height, width):
         t = truth[r0:r1]
         ab_true = color.rgb_to_lab(t)[..., 1:]
         bins = table.quantize(ab_true)
@@ -194,210 +185,15 @@ def _score(ph: photo.Photo, ab_low, pred_bins, colorizer, workers: int) -> tuple
             hist[k] += error_histogram(color.rgb_to_lab(p)[..., 1:], ab_true, bins, table.size)
             moments[k] += _moments(*_opponent(p))
             sse[k] += float(((p.astype(np.int32) - t) ** 2).sum())
-    tb = truth_bins(Image.fromarray(truth), colorizer.side, table)
-    gray_bin = table.quantize(np.zeros(2, np.float32))
-    top = {"model": top1(pred_bins, tb), "gray": top1(np.full_like(tb, gray_bin), tb)}
     c_truth = _colorfulness_from_moments(moments["truth"])
-    record = {"image": None, "width": width, "height": height, "truth_colorfulness": c_truth}
+    scores = {"truth_colorfulness": c_truth}
     for k, pred in preds.items():
         c = _colorfulness_from_moments(moments[k])
-        record[k] = {
+        scores[k] = {
             "auc": auc_from_histogram(hist[k]),
-            "auc_rebalanced": None,  # needs the prior: set by `evaluate`
             "psnr": _psnr(sse[k] / truth.size),
             "ssim": ssim(truth, pred),
             "colorfulness": c,
             "colorfulness_distance": abs(c - c_truth),
-            "top1": top[k],
         }
-    sparse = {k: (np.flatnonzero(h), h.reshape(-1)[np.flatnonzero(h)]) for k, h in hist.items()}
-    return record, sparse
-
-
-def _nanmean(values) -> float | None:
-    v = np.array([np.nan if x is None else x for x in values], np.float64)
-    return None if np.isnan(v).all() else float(np.nanmean(v))
-
-
-def evaluate(
-    paths: list[Path],
-    colorizer,
-    batch_size: int = 8,
-    workers: int | None = None,
-    on_image: Callable[[Path, str | None], None] | None = None,
-) -> dict:
-    """Colorize the truth photos from their lightness and score them beside gray.
-
-    Args:
-        paths: truth photo files (color).
-        colorizer: a `kcolor.infer.Colorizer`.
-        on_image: called with (path, None or the one-line problem) after each photo.
-    Returns:
-        report: {"images": [per-photo record], "mean": {...}, "all_pixels": {...},
-        "failed": [...], "prior": "model" or "truth", ...}; each record, and "mean" (of the
-        records), has "model" and "gray" dicts of METRICS (AuC, top-1 in %), and records
-        also "truth_colorfulness", "image", "width", "height". "all_pixels" has "model"
-        and "gray" dicts of "auc" and "auc_rebalanced" over the pooled pixels of all
-        photos (Zhang et al.'s Table 1 figures).
-    """
-    workers = workers or os.cpu_count() or 1
-    table = colorizer.table
-    records, hists, failed = [], [], []
-
-    def fail(path, exc):
-        failed.append({"image": str(path), "error": photo.describe_error(exc)})
-        if on_image:
-            on_image(path, failed[-1]["error"])
-
-    def load(path):
-        ph = photo.open_photo(path)
-        return ph, photo.net_lightness(ph, colorizer.side)
-
-    with ThreadPoolExecutor(workers) as pool:
-        for i in range(0, len(paths), batch_size):
-            chunk = [(p, pool.submit(load, p)) for p in paths[i : i + batch_size]]
-            loaded = []
-            for path, fut in chunk:
-                try:
-                    loaded.append((path, *fut.result()))
-                except Exception as e:  # one bad photo must not stop the evaluation
-                    fail(path, e)
-            if not loaded:
-                continue
-            ab, bins = colorizer.predict(np.stack([small for _, _, small in loaded]))
-            per = max(1, workers // len(loaded))
-            scores = [
-                (path, pool.submit(_score, ph, a, b, colorizer, per))
-                for (path, ph, _), a, b in zip(loaded, ab, bins, strict=True)
-            ]
-            for path, fut in scores:
-                try:
-                    record, sparse = fut.result()
-                except Exception as e:
-                    fail(path, e)
-                    continue
-                record["image"] = str(path)
-                records.append(record)
-                hists.append(sparse)
-                if on_image:
-                    on_image(path, None)
-
-    # Rebalanced AuC: pixels weighted by 1 / smoothed prior of their true bin (Zhang et al.).
-    prior, source = colorizer.info.get("prior"), "model"
-    if prior is None or len(prior) != table.size:
-        counts = np.zeros(table.size * (AUC_MAX_THRESHOLD + 2), np.int64)
-        for sparse in hists:
-            np.add.at(counts, *sparse["gray"])
-        prior, source = counts.reshape(table.size, -1).sum(1), "truth"
-    weights = class_balance_weights(prior, table) if records else None
-    pooled = {k: np.zeros((table.size, AUC_MAX_THRESHOLD + 2), np.int64) for k in ("model", "gray")}
-    for record, sparse in zip(records, hists, strict=True):
-        for k, (idx, cnt) in sparse.items():
-            dense = np.zeros(table.size * (AUC_MAX_THRESHOLD + 2), np.int64)
-            dense[idx] = cnt
-            dense = dense.reshape(table.size, -1)
-            pooled[k] += dense
-            record[k]["auc_rebalanced"] = auc_from_histogram(dense, weights)
-    mean = {k: {m: _nanmean(r[k][m] for r in records) for m in METRICS} for k in ("model", "gray")}
-    all_pixels = {
-        k: {"auc": auc_from_histogram(h), "auc_rebalanced": auc_from_histogram(h, weights)}
-        for k, h in pooled.items()
-    }
-    mean["truth_colorfulness"] = _nanmean(r["truth_colorfulness"] for r in records)
-    return {
-        "count": len(records),
-        "bin_table": table.name,
-        "input_size": colorizer.side,
-        "decode": colorizer.decode,
-        "temperature": colorizer.temperature,
-        "rebalance_strength": colorizer.rebalance_strength,
-        "prior": source,
-        "mean": mean,
-        "all_pixels": all_pixels,
-        "images": records,
-        "failed": failed,
-    }
-
-
-def _clean(x):
-    """NaN -> None, numpy scalars -> Python, for strict JSON."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float | np.floating):
-        return None if math.isnan(x) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def write_json(report: dict, path: str | os.PathLike) -> None:
-    """Write the report as JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-_COLUMNS = (
-    ("auc", "AuC %", 1),
-    ("auc_rebalanced", "AuC-rb %", 1),
-    ("psnr", "PSNR dB", 2),
-    ("ssim", "SSIM", 3),
-    ("colorfulness", "colorful", 1),
-    ("colorfulness_distance", "|dC|", 1),
-    ("top1", "top-1 %", 1),
-)
-
-
-def format_table(report: dict) -> str:
-    """The report as a text table: one row per photo and the mean, model / gray per metric."""
-
-    def cell(v, digits):
-        return f"{'-' if v is None or v != v else f'{v:.{digits}f}':>6}"
-
-    def short(name):
-        return name if len(name) <= 40 else "..." + name[-37:]
-
-    name_w = max([24] + [len(short(r["image"])) for r in report["images"]])
-    head1 = " " * name_w + "".join(f"  {title:^13}" for _, title, _ in _COLUMNS)
-    head2 = f"{'image':<{name_w}}" + "  model   gray" * len(_COLUMNS)
-    lines = [head1, head2]
-
-    def row(name, rec):
-        cells = "".join(
-            f"  {cell(rec['model'][k], d)} {cell(rec['gray'][k], d)}" for k, _, d in _COLUMNS
-        )
-        return f"{name:<{name_w}}{cells}"
-
-    lines += [row(short(r["image"]), r) for r in report["images"]]
-    if report["images"]:
-        lines.append(row(f"mean of {report['count']}", report["mean"]))
-        if report.get("all_pixels"):
-            auc_only = {k: dict.fromkeys(METRICS) | v for k, v in report["all_pixels"].items()}
-            lines.append(row("all pixels", auc_only))
-        c = report["mean"]["truth_colorfulness"]
-        prior = {
-            "model": "the model's training prior",
-            "truth": "the bin frequencies of these truth photos (the model has no prior)",
-        }
-        lines.append(f"truth colorfulness (mean): {c:.1f}")
-        if report.get("decode"):
-            how = (
-                "argmax"
-                if report["decode"] == "argmax"
-                else f"annealed mean, T = {report['temperature']:g}"
-            )
-            strength = report.get("rebalance_strength")
-            rebal = "as trained" if strength is None else f"{strength:g}"
-            lines.append(f"decoding: {how}, rebalance strength {rebal}")
-        lines.append(
-            "AuC-rb weights pixels by 1 / prior of their true bin (smoothed as in Zhang et al.); "
-            f"prior: {prior[report['prior']]}"
-        )
-        lines.append("all pixels: AuCs over the pooled pixels of all photos, as in Zhang et al.")
-    return "\n".join(lines)
+    return scores, hist

@@ -283,9 +283,9 @@ def export_model(net: keras.Model, path: Path) -> None:
     """Save `net` as a .keras file of fp32 layers, atomically (a kill mid-write leaves the
     old file). A net trained in mixed precision is saved as its float32 twin: precision
     is chosen when the file is used (`with_precision`), not when it is written."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    with_precision(net, "fp32").save(tmp)
-    os.replace(tmp, path)
+    from kcolor.photo import atomic_write
+
+    atomic_write(Path(path), with_precision(net, "fp32").save)
 
 
 # --- precision ------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from kcolor import color, rebalance
+from kcolor import color, metrics, rebalance
 
-AUC_THRESHOLDS = np.arange(151, dtype=np.float32)  # ab error thresholds 0..150 (Zhang et al.)
+AUC_BINS = metrics.AUC_MAX_THRESHOLD + 2  # error counts by threshold, as metrics
 
 
 class Board:
@@ -57,7 +57,6 @@ class Evaluator:
 
     def __init__(self, net, loss_fn, table: color.BinTable):
         centres = tf.constant(table.centres)
-        thresholds = tf.constant(AUC_THRESHOLDS)
 
         # autograph=False: plain TF ops, nothing to convert, so no source is read at trace
         # time (a kcolor upgraded under a running fit cannot break its first evaluation)
@@ -69,27 +68,29 @@ class Evaluator:
             hit = tf.cast(tf.equal(top, bins), tf.float32)
             ab = rebalance.decode_ab(logits, table.centres)
             err = tf.norm(ab - tf.gather(centres, bins), axis=-1)
-            within = tf.cast(err[..., None] <= thresholds, tf.float32)
-            return tf.stack(
-                [
-                    tf.reduce_sum(per_image),
-                    tf.cast(tf.shape(L)[0], tf.float32),
-                    tf.reduce_sum(hit),
-                    tf.reduce_sum(tf.reduce_mean(within, -1)),
-                    tf.cast(tf.size(bins), tf.float32),
-                ]
+            # the error histogram of metrics.error_histogram, so the val AuC is the AuC of
+            # `kcolor evaluate` (metrics.auc_from_histogram), not a second definition
+            k = tf.cast(tf.minimum(tf.math.ceil(err), AUC_BINS - 1), tf.int32)
+            hist = tf.math.bincount(tf.reshape(k, [-1]), minlength=AUC_BINS, maxlength=AUC_BINS)
+            sums = tf.stack(
+                [tf.reduce_sum(per_image), tf.cast(tf.shape(L)[0], tf.float32), tf.reduce_sum(hit)]
             )
+            return sums, hist
 
         self._step = step
 
     def __call__(self, batches) -> dict:
-        totals = np.zeros(5)
+        totals, hist = np.zeros(3), np.zeros(AUC_BINS, np.int64)
         for L, bins in batches:
-            totals += self._step(L, bins).numpy()
-        loss_sum, images, hits, auc_sum, pixels = totals
+            sums, h = self._step(L, bins)
+            totals += sums.numpy()
+            hist += h.numpy()
+        loss_sum, images, hits = totals
         if images == 0:
             return {}
-        return {"loss": loss_sum / images, "top1": hits / pixels, "auc": 100 * auc_sum / pixels}
+        pixels = hist.sum()
+        auc = metrics.auc_from_histogram(hist[None])
+        return {"loss": loss_sum / images, "top1": hits / pixels, "auc": auc}
 
 
 def preview_grid(net, arrays, table: color.BinTable) -> np.ndarray:

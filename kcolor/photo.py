@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -204,21 +204,46 @@ def compare_image(photo: Photo, out: Image.Image) -> Image.Image:
 EXIF_FORMATS = ("JPEG", "PNG", "WEBP")  # outputs that carry the input's EXIF block
 
 
+def temp_path(final: Path) -> Path:
+    """The one temporary name of kcolor's atomic writes: .NAME.PID.tmp, plus NAME's own
+    suffix (Keras and PIL pick the format from it). Per process, so two writers never
+    share one; prep's sweep of stale files knows this pattern (`stale_temp_glob`)."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.{os.getpid()}.tmp{final.suffix}")
+
+
+def stale_temp_glob(final_name: str) -> str:
+    """The glob of `temp_path`s of `final_name` left by any process."""
+    return f".{final_name}.*.tmp*"
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` into a temporary file beside `path`, then rename it over `path`: a
+    kill at any moment leaves the old file or the new one, never a half-written one."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 def save_image(img: Image.Image, path: Path, fmt: str, exif: bytes | None = None) -> None:
-    """Write atomically (temporary file, then rename) in PIL format `fmt`, with the EXIF
-    block `exif` where the format takes one (EXIF_FORMATS)."""
+    """Write atomically (`atomic_write`) in PIL format `fmt`, with the EXIF block `exif`
+    where the format takes one (EXIF_FORMATS)."""
     try:  # one call, no check-then-create: parallel saves make the folder at the same time
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise OSError(f"cannot write {path}: {path.parent} is not a folder") from None
     if fmt == "JPEG" and img.mode == "RGBA":
         img = img.convert("RGB")  # JPEG has no alpha
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        options = dict(SAVE_OPTIONS.get(fmt, {}))
-        if exif and fmt in EXIF_FORMATS:
-            options["exif"] = exif
-        img.save(tmp, format=fmt, **options)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    options = dict(SAVE_OPTIONS.get(fmt, {}))
+    if exif and fmt in EXIF_FORMATS:
+        options["exif"] = exif
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **options))

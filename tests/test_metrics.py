@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from kcolor import cli, color, infer, metrics, model
+from kcolor import cli, color, evaluate, infer, metrics, model, photo
 
 RNG = np.random.default_rng(0)
 
@@ -107,23 +107,33 @@ def test_evaluate_against_gray(model_path, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"nope")
     seen = []
     paths = sorted(tmp_path.iterdir())
-    report = metrics.evaluate(
-        paths, infer.load_colorizer(model_path), 2, on_image=lambda p, e: seen.append(e)
-    )
-    assert report["count"] == 2 and len(seen) == 3 and report["prior"] == "truth"
+    colorizer = infer.load_colorizer(model_path)
+    report = evaluate.evaluate(paths, colorizer, 2, on_image=lambda p, e: seen.append(e))
+    assert report["count"] == 1 and len(seen) == 3 and report["prior"] == "truth"
     assert report["failed"][0]["image"].endswith("bad.png")
-    gray = next(r for r in report["images"] if r["image"].endswith("gray.png"))
-    assert gray["truth_colorfulness"] == 0.0 and (gray["width"], gray["height"]) == (20, 12)
-    g = gray["gray"]  # the gray baseline is perfect on a gray photo
-    assert g["auc"] == g["auc_rebalanced"] == 100.0 and g["psnr"] == metrics.PSNR_CAP
-    assert g["ssim"] == pytest.approx(1.0) and g["top1"] == 100.0 and g["colorfulness"] == 0.0
-    for k in ("model", "gray"):
-        assert set(report["mean"][k]) == set(metrics.METRICS)
-        assert 0 <= report["mean"][k]["auc"] <= 100
-    table = metrics.format_table(report)
-    assert "gray.png" in table and "mean of 2" in table and "bin frequencies" in table
-    metrics.write_json(report, tmp_path / "r.json")
-    assert json.loads((tmp_path / "r.json").read_text())["count"] == 2
+    # a grayscale truth has no colors to score: listed as skipped, not in the means
+    assert [s["image"] for s in report["skipped"]] == [str(tmp_path / "gray.png")]
+    [rec] = report["images"]
+    assert rec["image"].endswith("c.png") and (rec["width"], rec["height"]) == (40, 24)
+    # both sides recomputed independently: the colorize code path, then metrics on arrays
+    ph = photo.open_photo(tmp_path / "c.png")
+    truth = np.asarray(photo.to_rgb8(ph))
+    outputs = {
+        "model": np.asarray(colorizer.colorize([ph])[0]),
+        "gray": np.asarray(photo.compose(ph, np.zeros((1, 1, 2), np.float32))),
+    }
+    ab_true = color.rgb_to_lab(truth)[..., 1:]
+    for k, out in outputs.items():
+        assert rec[k]["auc"] == pytest.approx(metrics.auc(color.rgb_to_lab(out)[..., 1:], ab_true))
+        assert rec[k]["psnr"] == pytest.approx(metrics.psnr(truth, out))
+        assert rec[k]["colorfulness"] == pytest.approx(metrics.colorfulness(out), abs=1e-6)
+        assert report["mean"][k]["auc"] == rec[k]["auc"]
+    assert rec["truth_colorfulness"] == pytest.approx(metrics.colorfulness(truth))
+    table = evaluate.format_table(report)
+    assert "c.png" in table and "mean of 1" in table and "bin frequencies" in table
+    assert "skipped 1 grayscale photo" in table
+    evaluate.write_json(report, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["count"] == 1
     assert [f.name for f in tmp_path.glob(".*")] == []  # no temporary left
 
 
@@ -135,25 +145,29 @@ def test_evaluate_pools_all_pixels_and_uses_the_model_prior(tmp_path):
     prior = np.full(table.size, 1e-3)
     prior[gray_bin] = 1.0  # red is rare
     model.build_model(width=0.0625, input_size=32, prior=prior).save(tmp_path / "m.keras")
-    Image.new("L", (20, 12), 90).save(tmp_path / "a_gray.png")  # 240 pixels
+    mostly_gray = np.full((12, 20, 3), 90, np.uint8)  # 239 gray pixels and a red one
+    mostly_gray[0, 0] = rgb
+    Image.fromarray(mostly_gray).save(tmp_path / "a_gray.png")
     Image.new("RGB", (10, 10), tuple(int(v) for v in rgb)).save(tmp_path / "b_red.png")  # 100
     paths = sorted(tmp_path.glob("*.png"))
-    report = metrics.evaluate(paths, infer.load_colorizer(tmp_path / "m.keras"))
+    report = evaluate.evaluate(paths, infer.load_colorizer(tmp_path / "m.keras"))
     assert report["prior"] == "model"
-    # the gray baseline: exact on the gray photo, off by |ab_red| on every red pixel
+    # the gray baseline: exact on the gray pixels, off by |ab_red| on every red pixel
     a_red = metrics.auc(np.zeros((1, 2)), ab_red[None])
-    assert [r["gray"]["auc"] for r in report["images"]] == pytest.approx([100, a_red], abs=0.05)
-    assert report["mean"]["gray"]["auc"] == pytest.approx((100 + a_red) / 2, abs=0.05)
+    a_first = (239 * 100 + a_red) / 240
+    got = [r["gray"]["auc"] for r in report["images"]]
+    assert got == pytest.approx([a_first, a_red], abs=0.05)
+    assert report["mean"]["gray"]["auc"] == pytest.approx((a_first + a_red) / 2, abs=0.05)
     pooled = report["all_pixels"]["gray"]
-    assert pooled["auc"] == pytest.approx((240 * 100 + 100 * a_red) / 340, abs=0.05)
+    assert pooled["auc"] == pytest.approx((239 * 100 + 101 * a_red) / 340, abs=0.05)
     w = metrics.class_balance_weights(prior, table)
-    want = (240 * w[gray_bin] * 100 + 100 * w[red_bin] * a_red) / (
-        240 * w[gray_bin] + 100 * w[red_bin]
+    want = (239 * w[gray_bin] * 100 + 101 * w[red_bin] * a_red) / (
+        239 * w[gray_bin] + 101 * w[red_bin]
     )
     assert pooled["auc_rebalanced"] == pytest.approx(want, abs=0.05)
     assert pooled["auc_rebalanced"] < pooled["auc"] - 10  # the rare red pixels count
     row = next(
-        ln for ln in metrics.format_table(report).splitlines() if ln.startswith("all pixels")
+        ln for ln in evaluate.format_table(report).splitlines() if ln.startswith("all pixels")
     )
     cells = row.split()[2:]  # model and gray per column, the two AuCs first
     assert float(cells[1]) == pytest.approx(pooled["auc"], abs=0.05)
@@ -178,3 +192,30 @@ def test_evaluate_command(model_path, tmp_path):
     (tmp_path / "z.png").write_bytes(b"")
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 1 and "z.png: not an image" in result.output
+
+
+def test_fit_val_auc_is_the_evaluate_auc():
+    """TensorBoard's val AuC (monitor.Evaluator) and `kcolor evaluate`'s are one definition."""
+    import tensorflow as tf
+
+    from kcolor import monitor
+
+    table = color.get_bin_table("zhang313")
+    i = int(table.quantize(np.array([0.0, 0.0], np.float32)))
+    j = int(table.quantize(np.array([10.0, 10.0], np.float32)))  # a diagonal neighbour
+    logits = np.full((2, 4, 4, table.size), -50.0, np.float32)
+    logits[..., j] = 50.0  # decodes to bin j's centre
+
+    def net(L, training=False):
+        return tf.constant(logits)
+
+    def loss_fn(bins, lg):
+        return tf.zeros([tf.shape(bins)[0]])
+
+    bins = np.full((2, 4, 4), i, np.int32)
+    got = monitor.Evaluator(net, loss_fn, table)([(np.zeros((2, 16, 16, 1), np.float32), bins)])
+    error = np.linalg.norm(table.centres[j] - table.centres[i])  # 14.14: between thresholds
+    pred = np.zeros((32, 2), np.float32)
+    pred[:, 0] = error
+    want = metrics.auc(pred, np.zeros((32, 2), np.float32))
+    assert got["auc"] == pytest.approx(want, abs=1e-6) and got["top1"] == 0.0

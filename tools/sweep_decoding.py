@@ -4,7 +4,7 @@
         --strengths 0,0.5,1 [--json sweep.json]
 
 photos.txt lists truth photos, one path a line, that the model was not trained on. For each
-setting it runs `kcolor evaluate`'s scoring (kcolor.metrics.evaluate) and prints the AuCs
+setting it runs `kcolor evaluate`'s scoring (kcolor.evaluate.evaluate) and prints the AuCs
 over all pixels (Zhang et al.'s figures) and the mean colorfulness beside the grayscale
 baseline; pick one and record it with
 `kcolor decoding MODEL.keras --temperature T --rebalance-strength S`. The network runs once
@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kcolor import infer, metrics
+from kcolor import evaluate, infer
 
 
 def _floats(text: str) -> list[float]:
@@ -30,7 +30,7 @@ def sweep(model_path, paths, temperatures, strengths, echo=print) -> list[dict]:
     for t in temperatures:
         for s in strengths:
             colorizer = infer.Colorizer(base.net, temperature=t, rebalance_strength=s)
-            report = metrics.evaluate(paths, colorizer)
+            report = evaluate.evaluate(paths, colorizer)
             model, gray = report["all_pixels"]["model"], report["all_pixels"]["gray"]
             row = {
                 "temperature": t,

@@ -1,0 +1,244 @@
+"""`kcolor evaluate`: the model against the grayscale baseline, on color photos.
+
+    kcolor evaluate val/ -r --limit 500 --model runs/a/model.keras --json eval.json
+
+    >>> from kcolor import evaluate, infer
+    >>> report = evaluate.evaluate(paths, infer.load_colorizer("runs/a/model.keras"))
+    >>> print(evaluate.format_table(report))
+
+Each truth photo loses its color, is colorized by the code path of `kcolor colorize`
+(kcolor.infer.run_photos, in memory, at the truth's resolution) and is scored beside the
+grayscale baseline (a = b = 0), since a model that does not beat gray has learnt nothing.
+The metrics themselves are kcolor.metrics's. Grayscale truth photos have no colors to
+score against: they are skipped and listed, not averaged in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kcolor import infer, metrics, photo
+from kcolor.metrics import AUC_MAX_THRESHOLD, METRICS
+
+SKIPPED_GRAY = "grayscale photo: no colors to score against (skipped)"
+
+
+def _is_gray(rgb: np.ndarray) -> bool:
+    """No pixel with a chroma spread above JPEG noise (kcolor.sources.GRAY_SPREAD)."""
+    from kcolor.sources import GRAY_SPREAD
+
+    spread = rgb.max(-1).astype(np.int16) - rgb.min(-1).astype(np.int16)
+    return not (spread > GRAY_SPREAD).any()
+
+
+def _score(path, ph: photo.Photo, ab_low, pred_bins, workers: int, colorizer) -> dict | None:
+    """One photo's record (all but the rebalanced AuC) and its sparse error histograms,
+    or None for a grayscale truth."""
+    ph = photo.Photo(ph.image)  # alpha plays no part
+    table = colorizer.table
+    truth = np.asarray(photo.to_rgb8(ph))
+    if _is_gray(truth):
+        return None
+    preds = {
+        "model": np.asarray(photo.compose(ph, ab_low, workers)),
+        "gray": np.asarray(photo.compose(ph, np.zeros((1, 1, 2), np.float32))),
+    }
+    scores, hist = metrics.score_rgb8(truth, preds, table)
+    tb = metrics.truth_bins(Image.fromarray(truth), colorizer.side, table)
+    gray_bin = table.quantize(np.zeros(2, np.float32))
+    top = {"model": pred_bins, "gray": np.full_like(tb, gray_bin)}
+    height, width = truth.shape[:2]
+    record = {"image": str(path), "width": width, "height": height}
+    record["truth_colorfulness"] = scores["truth_colorfulness"]
+    for k in preds:
+        record[k] = scores[k] | {"auc_rebalanced": None, "top1": metrics.top1(top[k], tb)}
+    sparse = {k: (np.flatnonzero(h), h.reshape(-1)[np.flatnonzero(h)]) for k, h in hist.items()}
+    return {"record": record, "hist": sparse}
+
+
+def _nanmean(values) -> float | None:
+    v = np.array([np.nan if x is None else x for x in values], np.float64)
+    return None if np.isnan(v).all() else float(np.nanmean(v))
+
+
+def evaluate(
+    paths: list[Path],
+    colorizer,
+    batch_size: int = 8,
+    workers: int | None = None,
+    on_image: Callable[[Path, str | None], None] | None = None,
+) -> dict:
+    """Colorize the truth photos from their lightness and score them beside gray.
+
+    Args:
+        paths: truth photo files (color).
+        colorizer: a `kcolor.infer.Colorizer`.
+        on_image: called with (path, None or the one-line problem) after each photo.
+    Returns:
+        report: {"images": [per-photo record], "mean": {...}, "all_pixels": {...},
+        "failed": [...], "skipped": [...], "prior": "model" or "truth", ...}; each record,
+        and "mean" (of the records), has "model" and "gray" dicts of METRICS (AuC, top-1
+        in %), and records also "truth_colorfulness", "image", "width", "height".
+        "all_pixels" has "model" and "gray" dicts of "auc" and "auc_rebalanced" over the
+        pooled pixels of all photos (Zhang et al.'s Table 1 figures).
+    """
+    scored, skipped = [], []
+
+    def done(path, problem, result):
+        if result is not None:
+            scored.append(result)
+        elif problem is None:
+            skipped.append({"image": str(path), "reason": SKIPPED_GRAY})
+        if on_image:
+            on_image(path, problem)
+
+    def finish(path, ph, ab_low, bins, strip_workers):
+        return _score(path, ph, ab_low, bins, strip_workers, colorizer)
+
+    failed = infer.run_photos(
+        list(paths), colorizer, finish, batch_size=batch_size, workers=workers, on_result=done
+    )
+    order = {str(p): i for i, p in enumerate(paths)}
+    scored.sort(key=lambda s: order[s["record"]["image"]])
+    records = [s["record"] for s in scored]
+    all_pixels, source = _rebalanced_aucs(scored, colorizer)
+    mean = {k: {m: _nanmean(r[k][m] for r in records) for m in METRICS} for k in ("model", "gray")}
+    mean["truth_colorfulness"] = _nanmean(r["truth_colorfulness"] for r in records)
+    return {
+        "count": len(records),
+        "bin_table": colorizer.table.name,
+        "input_size": colorizer.side,
+        "decode": colorizer.decode,
+        "temperature": colorizer.temperature,
+        "rebalance_strength": colorizer.rebalance_strength,
+        "prior": source,
+        "mean": mean,
+        "all_pixels": all_pixels,
+        "images": records,
+        "failed": [{"image": str(p), "error": why} for p, why in failed],
+        "skipped": skipped,
+    }
+
+
+def _rebalanced_aucs(scored: list[dict], colorizer) -> tuple[dict, str]:
+    """Fill each record's rebalanced AuCs; the pooled ("all pixels") AuCs; the prior used.
+
+    Pixels weigh 1 / the smoothed prior of their true bin (Zhang et al.); the prior is
+    the model's training prior, or these photos' bin frequencies when it records none.
+    """
+    table = colorizer.table
+    width = AUC_MAX_THRESHOLD + 2
+    prior, source = colorizer.info.get("prior"), "model"
+    if prior is None or len(prior) != table.size:
+        counts = np.zeros(table.size * width, np.int64)
+        for s in scored:
+            np.add.at(counts, *s["hist"]["gray"])
+        prior, source = counts.reshape(table.size, -1).sum(1), "truth"
+    weights = metrics.class_balance_weights(prior, table) if scored else None
+    pooled = {k: np.zeros((table.size, width), np.int64) for k in ("model", "gray")}
+    for s in scored:
+        for k, (idx, cnt) in s["hist"].items():
+            dense = np.zeros(table.size * width, np.int64)
+            dense[idx] = cnt
+            dense = dense.reshape(table.size, -1)
+            pooled[k] += dense
+            s["record"][k]["auc_rebalanced"] = metrics.auc_from_histogram(dense, weights)
+    all_pixels = {
+        k: {
+            "auc": metrics.auc_from_histogram(h),
+            "auc_rebalanced": metrics.auc_from_histogram(h, weights),
+        }
+        for k, h in pooled.items()
+    }
+    return all_pixels, source
+
+
+def _clean(x):
+    """NaN -> None, numpy scalars -> Python, for strict JSON."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return None if math.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write_json(report: dict, path: str | os.PathLike) -> None:
+    """Write the report as JSON atomically (temporary file, then rename)."""
+    photo.atomic_write(Path(path), lambda tmp: tmp.write_text(_json(report)))
+
+
+def _json(report: dict) -> str:
+    return json.dumps(_clean(report), indent=2, allow_nan=False) + "\n"
+
+
+_COLUMNS = (
+    ("auc", "AuC %", 1),
+    ("auc_rebalanced", "AuC-rb %", 1),
+    ("psnr", "PSNR dB", 2),
+    ("ssim", "SSIM", 3),
+    ("colorfulness", "colorful", 1),
+    ("colorfulness_distance", "|dC|", 1),
+    ("top1", "top-1 %", 1),
+)
+
+
+def format_table(report: dict) -> str:
+    """The report as a text table: one row per photo and the mean, model / gray per metric."""
+
+    def cell(v, digits):
+        return f"{'-' if v is None or v != v else f'{v:.{digits}f}':>6}"
+
+    def short(name):
+        return name if len(name) <= 40 else "..." + name[-37:]
+
+    name_w = max([24] + [len(short(r["image"])) for r in report["images"]])
+    head1 = " " * name_w + "".join(f"  {title:^13}" for _, title, _ in _COLUMNS)
+    head2 = f"{'image':<{name_w}}" + "  model   gray" * len(_COLUMNS)
+    lines = [head1, head2]
+
+    def row(name, rec):
+        cells = "".join(
+            f"  {cell(rec['model'][k], d)} {cell(rec['gray'][k], d)}" for k, _, d in _COLUMNS
+        )
+        return f"{name:<{name_w}}{cells}"
+
+    lines += [row(short(r["image"]), r) for r in report["images"]]
+    if report["images"]:
+        lines.append(row(f"mean of {report['count']}", report["mean"]))
+        if report.get("all_pixels"):
+            auc_only = {k: dict.fromkeys(METRICS) | v for k, v in report["all_pixels"].items()}
+            lines.append(row("all pixels", auc_only))
+        c = report["mean"]["truth_colorfulness"]
+        prior = {
+            "model": "the model's training prior",
+            "truth": "the bin frequencies of these truth photos (the model has no prior)",
+        }
+        lines.append(f"truth colorfulness (mean): {c:.1f}")
+        if report.get("skipped"):
+            lines.append(f"skipped {len(report['skipped'])} grayscale photo(s)")
+        if report.get("decode"):
+            how = (
+                "argmax"
+                if report["decode"] == "argmax"
+                else f"annealed mean, T = {report['temperature']:g}"
+            )
+            strength = report.get("rebalance_strength")
+            rebal = "as trained" if strength is None else f"{strength:g}"
+            lines.append(f"decoding: {how}, rebalance strength {rebal}")
+        lines.append(
+            "AuC-rb weights pixels by 1 / prior of their true bin (smoothed as in Zhang et al.); "
+            f"prior: {prior[report['prior']]}"
+        )
+        lines.append("all pixels: AuCs over the pooled pixels of all photos, as in Zhang et al.")
+    return "\n".join(lines)
