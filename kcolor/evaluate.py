@@ -53,7 +53,7 @@ def _score(path, ph: photo.Photo, ab_low, pred_bins, workers: int, colorizer) ->
     scores, hist = metrics.score_rgb8(truth, preds, table)
     tb = metrics.truth_bins(Image.fromarray(truth), colorizer.side, table)
     gray_bin = table.quantize(np.zeros(2, np.float32))
-    top = {"model": pred_bins, "gray": np.full_like(tb, gray_bin)}
+    top = {"model": pred_bins[: tb.shape[0], : tb.shape[1]], "gray": np.full_like(tb, gray_bin)}
     height, width = truth.shape[:2]
     record = {"image": str(path), "width": width, "height": height}
     record["truth_colorfulness"] = scores["truth_colorfulness"]

@@ -150,12 +150,16 @@ def top1(pred_bins, true_bins) -> float:
 
 
 def truth_bins(truth: Image.Image, side: int, table: color.BinTable) -> np.ndarray:
-    """The truth's ab bins at the network's output resolution: RGB resized to the net's
-    input side, then subsampled as the training targets (kcolor.loss.subsample_bins).
-    Returns (side/4, side/4) int32."""
+    """The truth's ab bins at the network's output resolution: RGB resized as its
+    lightness is for the network (kcolor.photo.fit_in_square, aspect kept), then
+    subsampled as the training targets (kcolor.loss.subsample_bins).
+    Returns (h/4, w/4) int32, (h, w) the photo's size inside the side x side input."""
     from kcolor.loss import subsample_bins
+    from kcolor.photo import fit_in_square
 
-    small = np.asarray(truth.convert("RGB").resize((side, side), Image.BILINEAR))
+    small = np.asarray(
+        truth.convert("RGB").resize(fit_in_square(*truth.size, side), Image.BILINEAR)
+    )
     return subsample_bins(table.quantize(color.rgb_to_lab(small)[..., 1:])[None])[0]
 
 

@@ -35,6 +35,7 @@ IMAGE_SUFFIXES = {
     ".tiff": "TIFF",
     ".bmp": "BMP",
 }
+OUTPUT_STRIDE = 4  # the networks' ab come out at 1/4 of their input side (model.OUTPUT_STRIDE)
 STRIP_PIXELS = 1 << 20  # pixels per row strip: ~50 MB of float temporaries
 COMPARE_MAX_SIDE = 2048  # each panel of a --compare image is shrunk to fit this
 SAVE_OPTIONS = {
@@ -124,18 +125,33 @@ def _rows(img: Image.Image, r0: int, r1: int) -> np.ndarray:
     return np.asarray(img.crop((0, r0, img.width, r1)))
 
 
-def net_lightness(photo: Photo, side: int) -> np.ndarray:
-    """The photo's L resized (bilinear, antialiased) to (side, side) float32, in [0, 100].
+def fit_in_square(width: int, height: int, side: int) -> tuple[int, int]:
+    """The size a photo is resized to inside the network's side x side input: the long
+    side `side`, the short side in proportion, rounded to a multiple of OUTPUT_STRIDE."""
+    long, short = max(width, height), min(width, height)
+    short = min(
+        side, max(OUTPUT_STRIDE, round(side * short / long / OUTPUT_STRIDE) * OUTPUT_STRIDE)
+    )
+    return (side, short) if width >= height else (short, side)
 
-    Resized in two separable passes, rows strip by strip first, so that the full-size
-    L never exists at once.
+
+def net_lightness(photo: Photo, side: int) -> np.ndarray:
+    """The photo's L at the network's input: resized (bilinear, antialiased) keeping its
+    aspect ratio (`fit_in_square`), then padded by mirroring to (side, side). float32 in
+    [0, 100]; `compose` keeps the unpadded part of the prediction.
+
+    Squashing a 3:2 photo into a square would show the network shapes it never saw in
+    training; mirroring pads with the photo's own content, not a flat border. Resized in
+    two separable passes, rows strip by strip first, so the full-size L never exists at once.
     """
     width, height = photo.size
-    narrow = np.empty((height, side), np.float32)  # (H, side): small
+    w, h = fit_in_square(width, height, side)
+    narrow = np.empty((height, w), np.float32)  # (H, w): small
     for r0, r1 in row_strips(height, width):
         strip = Image.fromarray(color.lightness(_rows(photo.image, r0, r1)))
-        narrow[r0:r1] = np.asarray(strip.resize((side, r1 - r0), Image.BILINEAR))
-    return np.asarray(Image.fromarray(narrow).resize((side, side), Image.BILINEAR))
+        narrow[r0:r1] = np.asarray(strip.resize((w, r1 - r0), Image.BILINEAR))
+    small = np.asarray(Image.fromarray(narrow).resize((w, h), Image.BILINEAR))
+    return np.pad(small, ((0, side - h), (0, side - w)), mode="symmetric")
 
 
 # --- ab -> full-resolution RGB -------------------------------------------------------------
@@ -153,13 +169,17 @@ def compose(photo: Photo, ab_low: np.ndarray, workers: int = 1) -> Image.Image:
 
     Args:
         photo: the input photo.
-        ab_low: (h, w, 2) float32 predicted ab at the network's output resolution.
+        ab_low: (h, w, 2) float32 predicted ab at the network's output resolution; a
+            square one comes from `net_lightness` and is cropped to the photo's part.
         workers: threads converting row strips at once (numpy releases the GIL).
     Returns:
         PIL image of the photo's size, 'RGB' (or 'RGBA' with the photo's alpha).
     """
     width, height = photo.size
     h, w = ab_low.shape[:2]
+    if h == w:  # the square of `net_lightness`: keep the part that is the photo
+        w, h = (n // OUTPUT_STRIDE for n in fit_in_square(width, height, w * OUTPUT_STRIDE))
+        ab_low = ab_low[:h, :w]
     x0, x1, wx = _taps(width, w)
     wx = wx[None, :, None]
     cols = ab_low[:, x0] * (1 - wx) + ab_low[:, x1] * wx  # (h, W, 2): small

@@ -23,11 +23,25 @@ def test_lightness_matches_rgb_to_lab():
 
 def test_net_lightness_in_strips_equals_one_resize(monkeypatch):
     rgb = RNG.integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    whole = Image.fromarray(color.lightness(rgb)).resize((16, 16), Image.BILINEAR)
+    # 70x50 keeps its aspect inside the 16x16 input: 16x12, then 4 mirrored rows
+    whole = np.asarray(Image.fromarray(color.lightness(rgb)).resize((16, 12), Image.BILINEAR))
     monkeypatch.setattr(photo, "STRIP_PIXELS", 300)  # 4 rows per strip
     small = photo.net_lightness(photo.photo_from_image(Image.fromarray(rgb)), 16)
     assert small.shape == (16, 16) and small.dtype == np.float32
-    np.testing.assert_allclose(small, np.asarray(whole), atol=1e-4)
+    np.testing.assert_allclose(small[:12], whole, atol=1e-4)
+    np.testing.assert_allclose(small[12:], whole[::-1][:4], atol=1e-4)
+
+
+def test_a_wide_photo_is_not_squashed_and_its_padding_is_dropped():
+    assert photo.fit_in_square(300, 200, 32) == (32, 20)  # 21.3 rounded to a multiple of 4
+    assert photo.fit_in_square(200, 300, 32) == (20, 32)
+    assert photo.fit_in_square(1000, 10, 32) == (32, 4)  # never below one output cell
+    p = photo.photo_from_image(Image.new("L", (64, 32), 128))
+    ab_low = np.zeros((8, 8, 2), np.float32)  # the net's output for a 32x32 input
+    ab_low[:4, :, 0] = 40  # the photo's part (32x16 -> 8x4 cells): red
+    ab_low[4:, :, 1] = -40  # the mirrored padding: blue, must not show
+    lab = color.rgb_to_lab(np.asarray(photo.compose(p, ab_low)))
+    assert np.abs(lab[..., 1] - 40).max() < 2.5 and np.abs(lab[..., 2]).max() < 2.5
 
 
 def test_compose_upsamples_like_tf_resize_and_keeps_l(monkeypatch):
@@ -35,7 +49,7 @@ def test_compose_upsamples_like_tf_resize_and_keeps_l(monkeypatch):
     L = np.linspace(30, 80, 45 * 37, dtype=np.float32).reshape(45, 37)
     gray = np.clip(np.rint(color.lab_to_rgb(np.stack([L, 0 * L, 0 * L], -1)) * 255), 0, 255)
     p = photo.photo_from_image(Image.fromarray(gray.astype(np.uint8)))
-    ab_low = RNG.uniform(-12, 12, (4, 4, 2)).astype(np.float32)  # in gamut at L 30..80
+    ab_low = RNG.uniform(-12, 12, (4, 3, 2)).astype(np.float32)  # in gamut at L 30..80
     out = np.asarray(photo.compose(p, ab_low, workers=2))
     assert out.shape == (45, 37, 3) and out.dtype == np.uint8
     lab = color.rgb_to_lab(out)
