@@ -175,6 +175,12 @@ def colorize(inputs, out, recursive, fmt, compare, temporal_smoothing, batch_siz
     def is_video(p):
         return not p.is_dir() and p.suffix.lower() in video.VIDEO_SUFFIXES
 
+    for folder in (p for p in inputs if p.is_dir() and out is not None):
+        if Path(out).resolve() == folder.resolve():
+            raise click.ClickException(
+                f"-o {out} is the input folder {folder}: outputs would replace the inputs; "
+                "choose another -o"
+            )
     photos = [p for p in inputs if not is_video(p)]
     films = [p for p in inputs if p.is_dir() or is_video(p)]
     jobs, refused = infer.plan(photos, out, recursive, fmt, compare) if photos else ([], [])
@@ -194,7 +200,16 @@ def colorize(inputs, out, recursive, fmt, compare, temporal_smoothing, batch_siz
                 if problem:
                     problems.append(f"{job.src}: {problem}")
 
-            infer.colorize_files(jobs, colorizer, batch_size, on_result=on_result)
+            recolored = []
+            infer.colorize_files(
+                jobs, colorizer, batch_size, on_result=on_result, on_recolor=recolored.append
+            )
+        if recolored:
+            click.echo(
+                f"Note: {len(recolored)} input(s) were colour photos, {recolored[0].src} first: "
+                "kcolor colorizes from lightness alone, so their colours were replaced",
+                err=True,
+            )
     for job in clips:
         try:
             _colorize_video(job, colorizer, temporal_smoothing, batch_size)
@@ -203,7 +218,9 @@ def colorize(inputs, out, recursive, fmt, compare, temporal_smoothing, batch_siz
     for line in problems:
         click.echo(line, err=True)
     done = len(jobs) + len(clips) + len(refused) - len(problems)
-    where = f" -> {out}" if out else ""
+    folders = sorted({str(job.dst.parent) for job in jobs + clips})
+    where = f" -> {out or folders[0]}" if out or len(folders) == 1 else ""
+    where = where or f" -> {len(folders)} folders ({infer.OUTPUT_DIR}/ beside each input)"
     click.echo(
         f"{done} colorized, {len(problems)} failed in {time.monotonic() - start:.1f} s{where}"
     )

@@ -30,22 +30,14 @@ from kcolor.metrics import AUC_MAX_THRESHOLD, METRICS
 SKIPPED_GRAY = "grayscale photo: no colors to score against (skipped)"
 
 
-def _is_gray(rgb: np.ndarray) -> bool:
-    """No pixel with a chroma spread above JPEG noise (kcolor.sources.GRAY_SPREAD)."""
-    from kcolor.sources import GRAY_SPREAD
-
-    spread = rgb.max(-1).astype(np.int16) - rgb.min(-1).astype(np.int16)
-    return not (spread > GRAY_SPREAD).any()
-
-
 def _score(path, ph: photo.Photo, ab_low, pred_bins, workers: int, colorizer) -> dict | None:
     """One photo's record (all but the rebalanced AuC) and its sparse error histograms,
     or None for a grayscale truth."""
     ph = photo.Photo(ph.image)  # alpha plays no part
     table = colorizer.table
-    truth = np.asarray(photo.to_rgb8(ph))
-    if _is_gray(truth):
+    if not photo.has_color(ph):
         return None
+    truth = np.asarray(photo.to_rgb8(ph))
     preds = {
         "model": np.asarray(photo.compose(ph, ab_low, workers)),
         "gray": np.asarray(photo.compose(ph, np.zeros((1, 1, 2), np.float32))),

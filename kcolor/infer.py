@@ -30,6 +30,7 @@ from kcolor.photo import (
     compare_image,
     compose,
     describe_error,
+    has_color,
     net_lightness,
     open_photo,
     save_image,
@@ -343,11 +344,13 @@ def run_photos(
     return failed
 
 
-def _write(job: Job, photo: Photo, ab_low: np.ndarray, bins, workers: int) -> None:
+def _write(job: Job, photo: Photo, ab_low: np.ndarray, bins, workers: int) -> bool:
+    """Write the colorized photo (and its --compare image); True when the input had colours."""
     out = compose(photo, ab_low, workers)
     save_image(out, job.dst, job.fmt, photo.exif)
     if job.compare is not None:
         save_image(compare_image(photo, out), job.compare, job.fmt)
+    return has_color(photo)
 
 
 def colorize_files(
@@ -356,13 +359,21 @@ def colorize_files(
     batch_size: int = 8,
     workers: int | None = None,
     on_result: Callable[[Job, str | None], None] | None = None,
+    on_recolor: Callable[[Job], None] | None = None,
 ) -> list[tuple[Path, str]]:
     """Colorize and write each job's photo (`run_photos`); a bad photo fails alone.
 
-    `on_result(job, None or problem)` is called once per job, in the calling thread.
+    `on_result(job, None or problem)` is called once per job, in the calling thread, and
+    `on_recolor(job)` for each input that was a colour photo (its colours are replaced).
     Returns [(file, one-line problem)] for the photos that failed.
     """
-    report = None if on_result is None else (lambda job, problem, _: on_result(job, problem))
+
+    def report(job, problem, had_color):
+        if on_result:
+            on_result(job, problem)
+        if had_color and on_recolor:
+            on_recolor(job)
+
     return run_photos(
         jobs, colorizer, _write, lambda job: job.src, batch_size, workers, on_result=report
     )

@@ -100,6 +100,23 @@ def open_photo(path: str | os.PathLike) -> Photo:
         return photo_from_image(img, img.format)
 
 
+# A pixel counts as coloured when max(R, G, B) - min(R, G, B) exceeds GRAY_SPREAD (of 255;
+# JPEG noise in a gray photo stays below it); a photo with fewer coloured pixels than
+# GRAY_FRACTION is a gray one (prep skips it, evaluate has nothing to score in it).
+GRAY_SPREAD = 6
+GRAY_FRACTION = 0.01
+
+
+def has_color(photo: Photo) -> bool:
+    """Whether the photo has colours (GRAY_FRACTION of its pixels, on a 256 px copy)."""
+    if photo.image.mode != "RGB":
+        return False
+    small = photo.image.copy()
+    small.thumbnail((256, 256))
+    rgb = np.asarray(small, np.int16)
+    return bool(((rgb.max(-1) - rgb.min(-1)) > GRAY_SPREAD).mean() >= GRAY_FRACTION)
+
+
 def describe_error(exc: BaseException) -> str:
     """One line saying what went wrong with a file."""
     if isinstance(exc, UnidentifiedImageError):
@@ -222,6 +239,7 @@ def compare_image(photo: Photo, out: Image.Image) -> Image.Image:
 
 
 EXIF_FORMATS = ("JPEG", "PNG", "WEBP")  # outputs that carry the input's EXIF block
+ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")  # outputs that keep the input's alpha
 
 
 def temp_path(final: Path) -> Path:
@@ -261,8 +279,11 @@ def save_image(img: Image.Image, path: Path, fmt: str, exif: bytes | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise OSError(f"cannot write {path}: {path.parent} is not a folder") from None
-    if fmt == "JPEG" and img.mode == "RGBA":
-        img = img.convert("RGB")  # JPEG has no alpha
+    if img.mode == "RGBA" and fmt not in ALPHA_FORMATS:
+        # composited on white: dropping alpha would show the pixels it hid
+        flat = Image.new("RGB", img.size, (255, 255, 255))
+        flat.paste(img, mask=img.getchannel("A"))
+        img = flat
     options = dict(SAVE_OPTIONS.get(fmt, {}))
     if exif and fmt in EXIF_FORMATS:
         options["exif"] = exif

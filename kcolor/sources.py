@@ -31,6 +31,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from kcolor.photo import GRAY_FRACTION, GRAY_SPREAD  # noqa: F401 (prep's rule, with encode)
+
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .jfif".split()
 )
@@ -48,12 +50,9 @@ SKIP_KINDS = (
 )
 NOTE_KINDS = ("CMYK", "palette", "16-bit", "alpha", "warning")
 
-# A pixel counts as colored when max(R, G, B) - min(R, G, B) exceeds GRAY_SPREAD (of
-# 255; JPEG noise in a gray photo stays below it). A photo (after its crop) with fewer
-# colored pixels than GRAY_FRACTION teaches the network only 'gray': prep skips it.
-# On photos-train this skips 0.5% of the crops, all gray to the eye (a grey cat, walls).
-GRAY_SPREAD = 6
-GRAY_FRACTION = 0.01
+# A photo (after its crop) with fewer colored pixels than GRAY_FRACTION (kcolor.photo's
+# rule) teaches the network only 'gray': prep skips it. On photos-train this skips 0.5%
+# of the crops, all gray to the eye (a grey cat, walls).
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 # EXIF orientation -> the transpose that undoes it (as PIL.ImageOps.exif_transpose).
 _UNROTATE = {

@@ -308,3 +308,34 @@ def test_rebalance_strength_needs_a_training_prior(tmp_path, model_path):
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 1
     assert f"{model_path}: the model records no training prior" in result.output
+
+
+def test_colour_inputs_summary_and_output_folder(tmp_path, model_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(smooth(16, 24)).save(src / "colour.png")  # a colour photo
+    Image.fromarray(smooth(16, 24)).convert("L").save(src / "gray.png")
+    result = run(src, "--model", model_path)
+    assert result.exit_code == 0, result.output
+    # one note for the colour inputs, naming the first; the summary names the output folder
+    notes = [ln for ln in result.output.splitlines() if ln.startswith("Note:")]
+    assert len(notes) == 1 and "1 input(s) were colour photos" in notes[0]
+    assert str(src / "colour.png") in notes[0]
+    assert result.output.strip().splitlines()[-1].endswith(f"-> {src / 'colorized'}")
+    # -o naming the input folder itself is refused with the reason, nothing written
+    result = run(src, "-o", src, "--model", model_path)
+    assert result.exit_code == 1 and "is the input folder" in result.output
+    assert sorted(p.name for p in src.iterdir()) == ["colorized", "colour.png", "gray.png"]
+
+
+def test_alpha_to_a_format_without_alpha_is_composited_on_white(tmp_path, model_path):
+    rgba = np.zeros((16, 24, 4), np.uint8)
+    rgba[..., :3] = 20  # dark pixels, fully transparent: they must not show
+    rgba[:, :12, 3] = 255
+    rgba[:, :12, :3] = 128
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    result = run(tmp_path / "a.png", "--model", model_path, "--format", "jpeg")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "colorized" / "a.jpg") as out:
+        assert out.mode == "RGB"
+        assert np.asarray(out.convert("L"))[:, 14:].min() > 240  # white, not the hidden 20
