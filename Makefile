@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo demo-prep test lint install install-dev bench clean
+.PHONY: demo demo-prep test test-slow lint install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo-prep: install
 
 test: install-dev
 	$(BIN)/python -m pytest -q
+
+test-slow: install-dev
+	$(BIN)/python -m pytest -q -m slow
 
 lint: install-dev
 	$(BIN)/ruff check kcolor tests benchmarks tools

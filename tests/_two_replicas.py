@@ -1,6 +1,7 @@
-"""Run as a script (needs a fresh TensorFlow): gradients on 1 device vs 2 replicas.
+"""Run as a script (needs a fresh TensorFlow): one step of the real train step on 1 device
+vs 2 replicas, from the same weights on the same global batch.
 
-Prints JSON {"max_abs_diff": ..., "max_abs_grad": ...}. Used by test_distributed.py.
+Prints JSON {"replicas": 2, "max_rel_diff": ...}. Used by test_train.py.
 """
 
 import json
@@ -21,36 +22,33 @@ L = rng.uniform(0, 100, (GLOBAL_BATCH, 32, 32, 1)).astype(np.float32)
 bins = rng.integers(0, 313, (GLOBAL_BATCH, 8, 8)).astype(np.int32)
 weights = rng.uniform(0.5, 2, 313).astype(np.float32)
 
-single = model.build_model(width=0.125, input_size=32)
 loss_fn = loss.RebalancedCrossEntropy(weights, reduction=None)
-with tf.GradientTape() as tape:
-    per_image = loss_fn(bins, single(L, training=True))
-    value = tf.nn.compute_average_loss(per_image, global_batch_size=GLOBAL_BATCH)
-ref = tape.gradient(value, single.trainable_variables)
 
-with strategy.scope():
-    net = model.build_model(width=0.125, input_size=32)
-    net.set_weights(single.get_weights())
+
+def one_step(strategy, batch, start=None):
+    """The weights after one step of kcolor's own train step (train.make_train_step) with
+    plain SGD, whose update is lr x gradient, so any gradient error shows in the weights
+    (Adam's first step, lr x sign, would hide a wrong scale)."""
+    with strategy.scope():
+        net = model.build_model(width=0.125, input_size=32)
+        if start is not None:
+            net.set_weights(start)
+        opt = keras.optimizers.SGD(learning_rate=1.0)
+        opt.build(net.trainable_variables)
+    before = net.get_weights()
+    step = train.make_train_step(strategy, net, opt, loss_fn, GLOBAL_BATCH)
+    step(batch)
+    return before, net.get_weights()
+
+
+one_device = tf.distribute.get_strategy()
+start, single = one_step(one_device, (tf.constant(L), tf.constant(bins)))
 data = tf.data.Dataset.from_tensor_slices((L, bins)).batch(GLOBAL_BATCH)
 batch = next(iter(strategy.experimental_distribute_dataset(data)))
-
-
-@tf.function
-def grads(batch):
-    def fn(x, y):
-        with tf.GradientTape() as tape:
-            per_image = loss_fn(y, net(x, training=True))
-            value = tf.nn.compute_average_loss(per_image, global_batch_size=GLOBAL_BATCH)
-        return tape.gradient(value, net.trainable_variables)
-
-    per_replica = strategy.run(fn, args=batch)
-    return [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in per_replica]
-
-
-got = grads(batch)
-# worst difference relative to each variable's largest gradient
+_, got = one_step(strategy, batch, start)
+# worst difference of the updates, relative to each variable's largest update
 rel = max(
-    float(np.abs(a.numpy() - b.numpy()).max() / max(np.abs(a.numpy()).max(), 1e-3))
-    for a, b in zip(ref, got, strict=True)
+    float(np.abs((g - s0) - (r - s0)).max() / max(np.abs(r - s0).max(), 1e-3))
+    for s0, r, g in zip(start, single, got, strict=True)
 )
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "max_rel_diff": rel}))

@@ -53,6 +53,7 @@ def run_exported(fmt, path, L):
     return dict(zip(names, session.run(None, {"L": x}), strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", export.FORMATS)
 def test_each_format_decodes_like_colorizer_predict(
     fmt, model_path, colorizer, lightness, tmp_path
@@ -71,6 +72,7 @@ def test_each_format_decodes_like_colorizer_predict(
         np.testing.assert_allclose(got["ab"], want, atol=AB_TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 def test_bins_output_is_the_rebalanced_distribution(model_path, colorizer, lightness, tmp_path):
     out = export.export(model_path, tmp_path / "bins", "savedmodel", output="bins").path
     probs = run_exported("savedmodel", out, lightness)["bins"]
@@ -83,6 +85,7 @@ def test_bins_output_is_the_rebalanced_distribution(model_path, colorizer, light
     np.testing.assert_array_equal(probs.argmax(-1), bins)
 
 
+@pytest.mark.slow
 def test_a_bf16_model_file_exports_to_tflite_in_float32(tmp_path, lightness):
     # models saved before export_model wrote fp32 hold mixed_bfloat16 layers, which the
     # TFLite converter cannot take
@@ -99,6 +102,7 @@ def test_a_bf16_model_file_exports_to_tflite_in_float32(tmp_path, lightness):
     np.testing.assert_allclose(got, want, atol=AB_TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 def test_an_effnet_model_is_exported_at_its_side(tmp_path, lightness):
     # Keras 3's bilinear UpSampling2D cannot trace unknown sides: the export falls back
     # to the model's input_size instead of failing

@@ -25,6 +25,7 @@ def test_shapes_and_layer_counts():
     assert net.get_layer("conv8_1").strides == (2, 2)
 
 
+@pytest.mark.slow
 def test_paper_width_has_32m_parameters():
     net = model.build_model("zhang313", width=1.0)
     assert 31e6 < net.count_params() < 33e6
