@@ -315,26 +315,34 @@ def evaluate(truth, recursive, limit, json_path, batch_size, **network):
     type=click.FloatRange(0, 2),
     help="New default rebalance strength (0 = none, 1 = Zhang's).",
 )
-def decoding(model_path, temperature, rebalance_strength):
-    """Show, or set, the decoding defaults that MODEL_PATH (a .keras file) records.
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    help="New default network input side for whole photos (a multiple of 8, or 32 for "
+    "effnet_lite0).",
+)
+def decoding(model_path, temperature, rebalance_strength, size):
+    """Show, or set, the colorizing defaults that MODEL_PATH (a .keras file) records.
 
-    `kcolor colorize` and `kcolor evaluate` use them unless given --temperature or
-    --rebalance-strength. Choose them with `kcolor evaluate` on photos the model was not
-    trained on.
+    `kcolor colorize` and `kcolor evaluate` use them unless given --temperature,
+    --rebalance-strength or --size. Choose them with `kcolor evaluate` on photos the model
+    was not trained on.
     """
     from kcolor import model
 
     try:
-        if temperature is None and rebalance_strength is None:
+        if temperature is None and rebalance_strength is None and size is None:
             info = model.model_info(model.load_model(model_path))
         else:
-            info = model.set_decoding(model_path, temperature, rebalance_strength)
+            info = model.set_decoding(model_path, temperature, rebalance_strength, size)
     except (ValueError, OSError) as e:  # OSError: the file or its folder is not writable
         raise click.ClickException(str(e)) from None
     strength = info["rebalance_strength"]
+    side = info.get("photo_side") or info["input_size"]
     click.echo(
         f"{model_path}: temperature {info['temperature']:g}, rebalance strength "
         + ("as trained" if strength is None else f"{strength:g}")
+        + f", input side {side}"
     )
 
 

@@ -55,7 +55,8 @@ class Colorizer:
 
     Args:
         net: a model from `kcolor.model.build_model` / `load_model`.
-        size: side the lightness is resized to (None: the model's input_size); rounded
+        size: side the lightness is resized to (None: the model's photo_side, else its
+            input_size); rounded
             to a multiple of `model.input_multiple` of its arch.
         decode, temperature: see `kcolor.rebalance.decode_ab` (None: the model's recorded
             temperature; the paper's T = 0.38 unless `kcolor decoding` changed it).
@@ -93,7 +94,7 @@ class Colorizer:
             raise ValueError(f"decode: expected one of {rebalance.DECODE_METHODS}, got {decode!r}")
         if decode == "annealed" and temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {temperature}")
-        size = int(size or info["input_size"])
+        size = int(size or info.get("photo_side") or info["input_size"])
         multiple = model.input_multiple(info.get("arch", "eccv16"))
         self.side = max(multiple, round(size / multiple) * multiple)
         self.net, self.info = net, info

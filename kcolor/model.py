@@ -54,6 +54,7 @@ class ColorizerInfo(keras.layers.Layer):
         temperature=color.ANNEALED_T,
         rebalance_strength=None,
         arch="eccv16",
+        photo_side=None,
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -69,6 +70,9 @@ class ColorizerInfo(keras.layers.Layer):
         self.temperature = float(temperature)
         self.rebalance_strength = None if rebalance_strength is None else float(rebalance_strength)
         self.arch = arch
+        # the network's input side for whole photos (None: input_size), chosen on photos
+        # the model was not trained on (`kcolor decoding --size`)
+        self.photo_side = None if photo_side is None else int(photo_side)
 
     @classmethod
     def from_config(cls, config):
@@ -97,6 +101,7 @@ class ColorizerInfo(keras.layers.Layer):
             temperature=self.temperature,
             rebalance_strength=self.rebalance_strength,
             arch=self.arch,
+            photo_side=self.photo_side,
         )
         return config
 
@@ -258,8 +263,11 @@ def model_info(net: keras.Model) -> dict:
     return layer.get_config()
 
 
-def set_decoding(path: str | os.PathLike, temperature=None, rebalance_strength=None) -> dict:
-    """Record new decoding defaults (temperature, rebalance_strength) in a saved model.
+def set_decoding(
+    path: str | os.PathLike, temperature=None, rebalance_strength=None, photo_side=None
+) -> dict:
+    """Record new colorizing defaults (temperature, rebalance_strength, photo_side) in a
+    saved model.
 
     The file is rewritten atomically; returns the model's settings afterwards.
     """
@@ -275,6 +283,11 @@ def set_decoding(path: str | os.PathLike, temperature=None, rebalance_strength=N
         if info.prior is None:
             raise ValueError(f"{path}: the model records no training prior to rebalance with")
         info.rebalance_strength = strength
+    if photo_side is not None:
+        multiple = input_multiple(info.arch)
+        if photo_side < multiple or photo_side % multiple:
+            raise ValueError(f"size: expected a multiple of {multiple}, got {photo_side}")
+        info.photo_side = int(photo_side)
     export_model(net, path)
     return model_info(net)
 
@@ -351,6 +364,7 @@ def with_precision(net: keras.Model, precision: str) -> keras.Model:
     settings = twin.get_layer("kcolor_info")
     settings.temperature = info["temperature"]
     settings.rebalance_strength = info["rebalance_strength"]
+    settings.photo_side = info.get("photo_side")
     twin.set_weights(net.get_weights())
     return twin
 

@@ -282,6 +282,12 @@ def test_rebalance_strength_and_the_decoding_the_model_records(tmp_path):
     assert infer.load_colorizer(path).rebalance_strength == 0.25
     bad = runner.invoke(cli.main, ["decoding", str(path), "--rebalance-strength", "3"])
     assert bad.exit_code == 2 and "--rebalance-strength" in bad.output
+    # the input side for whole photos is recorded too, and used unless --size says otherwise
+    result = runner.invoke(cli.main, ["decoding", str(path), "--size", "48"])
+    assert result.exit_code == 0 and "input side 48" in result.output
+    assert infer.load_colorizer(path).side == 48 and infer.load_colorizer(path, size=32).side == 32
+    bad = runner.invoke(cli.main, ["decoding", str(path), "--size", "20"])
+    assert bad.exit_code == 1 and "expected a multiple of 8, got 20" in bad.output
 
 
 def test_a_model_trained_without_rebalancing_is_rebalanced_at_decoding(tmp_path):

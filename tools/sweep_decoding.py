@@ -1,7 +1,8 @@
-"""Score a model's decoding settings (temperature x rebalance strength) on held-out photos.
+"""Score a model's decoding settings (temperature x rebalance strength x input side) on
+held-out photos.
 
     python tools/sweep_decoding.py MODEL.keras photos.txt --temperatures 0.38,1 \
-        --strengths 0,0.5,1 [--json sweep.json]
+        --strengths 0,0.5,1 [--sizes 128,256] [--json sweep.json]
 
 photos.txt lists truth photos, one path a line, that the model was not trained on. For each
 setting it runs `kcolor evaluate`'s scoring (kcolor.evaluate.evaluate) and prints the AuCs
@@ -24,36 +25,36 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def sweep(model_path, paths, temperatures, strengths, echo=print) -> list[dict]:
+def sweep(model_path, paths, temperatures, strengths, sizes=(None,), echo=print) -> list[dict]:
     base = infer.load_colorizer(model_path)
     rows = []
-    for t in temperatures:
-        for s in strengths:
-            colorizer = infer.Colorizer(base.net, temperature=t, rebalance_strength=s)
-            report = evaluate.evaluate(paths, colorizer)
-            model, gray = report["all_pixels"]["model"], report["all_pixels"]["gray"]
-            row = {
-                "temperature": t,
-                "rebalance_strength": s,
-                "images": report["count"],
-                "auc_all_pixels": model["auc"],
-                "auc_all_pixels_gray": gray["auc"],
-                "auc_rebalanced_all_pixels": model["auc_rebalanced"],
-                "auc_rebalanced_all_pixels_gray": gray["auc_rebalanced"],
-                "auc_rebalanced_image_mean": report["mean"]["model"]["auc_rebalanced"],
-                "auc_rebalanced_image_mean_gray": report["mean"]["gray"]["auc_rebalanced"],
-                "colorfulness": report["mean"]["model"]["colorfulness"],
-                "colorfulness_truth": report["mean"]["truth_colorfulness"],
-            }
-            rows.append(row)
-            echo(
-                f"T {t:<5g} strength {s:<5g} "
-                f"AuC {model['auc']:5.2f} ({model['auc'] - gray['auc']:+.2f} vs gray)  "
-                f"AuC-rb {model['auc_rebalanced']:5.2f} "
-                f"({model['auc_rebalanced'] - gray['auc_rebalanced']:+.2f})  "
-                f"colorfulness {row['colorfulness']:4.1f} "
-                f"(truth {row['colorfulness_truth']:.1f})"
-            )
+    for size, t, s in ((z, t, s) for z in sizes for t in temperatures for s in strengths):
+        colorizer = infer.Colorizer(base.net, size, temperature=t, rebalance_strength=s)
+        report = evaluate.evaluate(paths, colorizer)
+        model, gray = report["all_pixels"]["model"], report["all_pixels"]["gray"]
+        row = {
+            "size": colorizer.side,
+            "temperature": t,
+            "rebalance_strength": s,
+            "images": report["count"],
+            "auc_all_pixels": model["auc"],
+            "auc_all_pixels_gray": gray["auc"],
+            "auc_rebalanced_all_pixels": model["auc_rebalanced"],
+            "auc_rebalanced_all_pixels_gray": gray["auc_rebalanced"],
+            "auc_rebalanced_image_mean": report["mean"]["model"]["auc_rebalanced"],
+            "auc_rebalanced_image_mean_gray": report["mean"]["gray"]["auc_rebalanced"],
+            "colorfulness": report["mean"]["model"]["colorfulness"],
+            "colorfulness_truth": report["mean"]["truth_colorfulness"],
+        }
+        rows.append(row)
+        echo(
+            f"side {colorizer.side:<4} T {t:<5g} strength {s:<5g} "
+            f"AuC {model['auc']:5.2f} ({model['auc'] - gray['auc']:+.2f} vs gray)  "
+            f"AuC-rb {model['auc_rebalanced']:5.2f} "
+            f"({model['auc_rebalanced'] - gray['auc_rebalanced']:+.2f})  "
+            f"colorfulness {row['colorfulness']:4.1f} "
+            f"(truth {row['colorfulness_truth']:.1f})"
+        )
     return rows
 
 
@@ -63,12 +64,18 @@ def main() -> None:
     ap.add_argument("photos", type=Path, help="a text file of photo paths, one a line")
     ap.add_argument("--temperatures", type=_floats, default=[0.38, 1.0])
     ap.add_argument("--strengths", type=_floats, default=[0.0, 0.5, 1.0])
+    ap.add_argument(
+        "--sizes",
+        type=lambda x: [int(v) for v in x.split(",")],
+        default=[None],
+        help="network input sides (default: the model's)",
+    )
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args()
     paths = [Path(line.strip()) for line in args.photos.read_text().splitlines() if line.strip()]
     if not paths:
         raise SystemExit(f"{args.photos}: no photo paths")
-    rows = sweep(args.model, paths, args.temperatures, args.strengths)
+    rows = sweep(args.model, paths, args.temperatures, args.strengths, args.sizes)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
