@@ -4,7 +4,7 @@ Run from the repository root (the examples read examples/demo/gray/), these are 
 
     >>> import kcolor
     >>> colorizer = kcolor.load()              # the bundled model; or a .keras file / run folder
-    >>> img = colorizer.colorize("examples/demo/gray/beach-bridge.jpg")
+    >>> img = colorizer.colorize("examples/demo/gray/animal-red-panda.jpg")
     >>> img.mode, img.size                             # a PIL image of the photo's own size
     ('RGB', (384, 216))
 
