@@ -189,7 +189,7 @@ def fit(shards, run_dir, config_file, init_model, cpu_replicas, **flags):
     TF_CONFIG names several workers, MultiWorkerMirroredStrategy. Rerun the same
     command to resume from the last checkpoint.
     """
-    from kcolor import train
+    from kcolor import lock, train
 
     if run_dir.exists() and not run_dir.is_dir():
         raise click.ClickException(f"{run_dir}: RUN_DIR is a file")
@@ -197,10 +197,16 @@ def fit(shards, run_dir, config_file, init_model, cpu_replicas, **flags):
         cfg = train.resolve_config(run_dir, config_file, flags)
         strategy = train.make_strategy(cpu_replicas)
         train.fit(shards, run_dir, cfg, strategy=strategy, init_model=init_model, echo=click.echo)
-    except (ValueError, OSError, train.TrainingError) as e:
+    except (ValueError, OSError, train.TrainingError, lock.LockError) as e:
         raise click.ClickException(str(e)) from None
 
 
 # the commands that use a trained model
-for _command in (cli_infer.colorize, cli_infer.evaluate, cli_infer.decoding, cli_infer.export):
+for _command in (
+    cli_infer.colorize,
+    cli_infer.evaluate,
+    cli_infer.decoding,
+    cli_infer.export,
+    cli_infer.serve,
+):
     main.add_command(_command)

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from kcolor.config import EXPORT_FORMATS, EXPORT_OUTPUTS, PRECISIONS
+from kcolor.serve import MAX_UPLOAD_MB
 from kcolor.video import SMOOTHING, VIDEO_SUFFIXES
 
 
@@ -395,3 +396,60 @@ def export(model_path, fmt, output, out, size):
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(str(exported))
+
+
+# --- serve ----------------------------------------------------------------------
+
+
+@click.command("serve")
+@click.option(
+    "--model", "model_path", type=click.Path(exists=True, path_type=Path), help=_MODEL_HELP
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. The page has no login: 0.0.0.0 shares it with your network.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: a free one).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=MAX_UPLOAD_MB,
+    show_default=True,
+    help="Largest photo file the page accepts, in MB.",
+)
+@_precision_option(default="auto", show_default=True)
+def serve(model_path, host, port, max_upload_mb, precision):
+    """A web page to colorize photos: drop or pick them, compare before and after, set
+    the rebalancing strength and temperature, download PNGs.
+
+    One process keeps the model loaded and warm; the URL is printed once the first photo
+    can be answered at full speed. Ctrl-C stops it.
+    """
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException(
+            f"kcolor serve needs {e.name}, which is not installed: pip install 'kcolor[serve]'"
+        ) from None
+    from kcolor import serve as server
+
+    try:
+        server.run(
+            host,
+            port,
+            model_path,
+            max_upload_mb=max_upload_mb,
+            precision=precision,
+            echo=click.echo,
+        )
+    except (ValueError, OSError) as e:  # not a kcolor model; the port is taken
+        raise click.ClickException(str(e)) from None

@@ -178,15 +178,16 @@ def _outside(lin: np.ndarray) -> np.ndarray:
     return ((lin < -tol) | (lin > 1 + tol)).any(0)
 
 
-def lab_to_rgb8(L: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """CIE Lab -> 8-bit sRGB keeping L: out-of-gamut colors are desaturated until they fit.
+def lab_to_rgb8(L: np.ndarray, ab: np.ndarray, bits: int = 8) -> np.ndarray:
+    """CIE Lab -> 8-bit (or 16-bit) sRGB keeping L: out-of-gamut colors are desaturated
+    until they fit.
 
     (lab_to_rgb clips each channel instead, which changes L near black and white.)
 
     Args:
-        L: (...) float L in [0, 100]; ab: (..., 2) float.
+        L: (...) float L in [0, 100]; ab: (..., 2) float; bits: 8 or 16.
     Returns:
-        (..., 3) uint8 sRGB.
+        (..., 3) uint8 sRGB, or uint16 for bits 16.
     """
     shape = np.shape(L)
     fy = (np.asarray(L, np.float32).reshape(-1) + np.float32(16)) / np.float32(116)
@@ -202,6 +203,9 @@ def lab_to_rgb8(L: np.ndarray, ab: np.ndarray) -> np.ndarray:
             fits = ~_outside(_lab_to_linear(fo, yo, ao * mid, bo * mid))
             lo, hi = np.where(fits, mid, lo), np.where(fits, hi, mid)
         lin[:, out] = _lab_to_linear(fo, yo, ao * lo, bo * lo)
+    if bits == 16:
+        srgb = linear_to_srgb(np.clip(lin.T, 0, 1).astype(np.float64))
+        return np.rint(srgb * 65535.0).astype(np.uint16).reshape(*shape, 3)
     idx = np.rint(np.clip(lin.T, 0, 1) * np.float32(SRGB_LUT_SIZE - 1)).astype(np.int32)
     return _srgb8_lut()[idx].reshape(*shape, 3)
 

@@ -29,12 +29,16 @@ from kcolor.photo import (
     Photo,
     compare_image,
     compose,
+    compose16,
     describe_error,
     has_color,
     net_lightness,
     open_photo,
     save_image,
+    save_image16,
 )
+
+SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")  # 16-bit inputs give 16-bit outputs in these
 
 OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
 OUTPUT_DIR = "colorized"  # default output folder, created beside the inputs
@@ -346,9 +350,15 @@ def run_photos(
 
 
 def _write(job: Job, photo: Photo, ab_low: np.ndarray, bins, workers: int) -> bool:
-    """Write the colorized photo (and its --compare image); True when the input had colours."""
-    out = compose(photo, ab_low, workers)
-    save_image(out, job.dst, job.fmt, photo.exif)
+    """Write the colorized photo (and its --compare image); True when the input had colours.
+
+    A 16-bit photo written as PNG or TIFF stays 16-bit, its lightness at full precision."""
+    if photo.image.mode == "I;16" and job.fmt in SIXTEEN_BIT_FORMATS and photo.alpha is None:
+        save_image16(compose16(photo, ab_low, workers), job.dst, job.fmt)
+        out = compose(photo, ab_low, workers) if job.compare is not None else None
+    else:
+        out = compose(photo, ab_low, workers)
+        save_image(out, job.dst, job.fmt, photo.exif)
     if job.compare is not None:
         save_image(compare_image(photo, out), job.compare, job.fmt)
     return has_color(photo)

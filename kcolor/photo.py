@@ -192,6 +192,26 @@ def compose(photo: Photo, ab_low: np.ndarray, workers: int = 1) -> Image.Image:
     Returns:
         PIL image of the photo's size, 'RGB' (or 'RGBA' with the photo's alpha).
     """
+    out = Image.new("RGB", photo.size)
+    for r0, rgb in _compose_strips(photo, ab_low, workers, bits=8):
+        out.paste(Image.fromarray(rgb), (0, r0))
+    if photo.alpha is not None:
+        out.putalpha(photo.alpha)
+    return out
+
+
+def compose16(photo: Photo, ab_low: np.ndarray, workers: int = 1) -> np.ndarray:
+    """`compose` at 16 bits for a 16-bit photo: (H, W, 3) uint16 sRGB whose lightness is
+    the photo's own at 16-bit precision (PIL has no 16-bit RGB mode: an array)."""
+    width, height = photo.size
+    out = np.empty((height, width, 3), np.uint16)
+    for r0, rgb in _compose_strips(photo, ab_low, workers, bits=16):
+        out[r0 : r0 + len(rgb)] = rgb
+    return out
+
+
+def _compose_strips(photo: Photo, ab_low: np.ndarray, workers: int, bits: int):
+    """(first row, (rows, W, 3) sRGB) strips of the photo's L joined to the upsampled ab."""
     width, height = photo.size
     h, w = ab_low.shape[:2]
     if h == w:  # the square of `net_lightness`: keep the part that is the photo
@@ -201,22 +221,39 @@ def compose(photo: Photo, ab_low: np.ndarray, workers: int = 1) -> Image.Image:
     wx = wx[None, :, None]
     cols = ab_low[:, x0] * (1 - wx) + ab_low[:, x1] * wx  # (h, W, 2): small
     y0, y1, wy = _taps(height, h)
-    out = Image.new("RGB", (width, height))
 
     def strip(rows):
         r0, r1 = rows
         t = wy[r0:r1, None, None]
         ab = cols[y0[r0:r1]] * (1 - t) + cols[y1[r0:r1]] * t
-        rgb = color.lab_to_rgb8(color.lightness(_rows(photo.image, r0, r1)), ab)
-        return r0, Image.fromarray(rgb)
+        return r0, color.lab_to_rgb8(color.lightness(_rows(photo.image, r0, r1)), ab, bits)
 
     strips = row_strips(height, width)
     with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        for r0, part in pool.map(strip, strips) if pool else map(strip, strips):
-            out.paste(part, (0, r0))
-    if photo.alpha is not None:
-        out.putalpha(photo.alpha)
-    return out
+        yield from (pool.map(strip, strips) if pool else map(strip, strips))
+
+
+def save_image16(rgb: np.ndarray, path: Path, fmt: str) -> None:
+    """Write (H, W, 3) uint16 sRGB as a 16-bit PNG (pypng) or TIFF (tifffile), atomically.
+
+    Pillow has no 16-bit RGB mode, so these two libraries, which have, write it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "TIFF":
+        import tifffile
+
+        def write(tmp):
+            tifffile.imwrite(tmp, rgb, photometric="rgb", compression="zlib")
+    elif fmt == "PNG":
+        import png
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                writer = png.Writer(rgb.shape[1], rgb.shape[0], bitdepth=16, greyscale=False)
+                writer.write(f, rgb.reshape(rgb.shape[0], -1))
+    else:
+        raise ValueError(f"{path}: 16-bit output is PNG or TIFF, not {fmt}")
+    atomic_write(path, write)
 
 
 def to_rgb8(photo: Photo) -> Image.Image:

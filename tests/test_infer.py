@@ -345,3 +345,24 @@ def test_alpha_to_a_format_without_alpha_is_composited_on_white(tmp_path, model_
     with Image.open(tmp_path / "colorized" / "a.jpg") as out:
         assert out.mode == "RGB"
         assert np.asarray(out.convert("L"))[:, 14:].min() > 240  # white, not the hidden 20
+
+
+def test_16_bit_inputs_give_16_bit_png_and_tiff(tmp_path, model_path):
+    import png
+    import tifffile
+
+    deep = (smooth(24, 32, 1)[..., 0].astype(np.uint16) * 257) + np.arange(32, dtype=np.uint16)
+    for name in ("deep.png", "deep.tif"):
+        Image.fromarray(deep).save(tmp_path / name)
+    result = run(tmp_path / "deep.png", tmp_path / "deep.tif", "--model", model_path)
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "colorized" / "deep.png", "rb") as f:
+        width, height, rows, info = png.Reader(file=f).read()
+        from_png = np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(height, width, 3)
+    from_tif = tifffile.imread(tmp_path / "colorized" / "deep.tif")
+    assert info["bitdepth"] == 16 and from_tif.dtype == np.uint16
+    want = color.lightness(deep)  # the input's L at 16-bit precision
+    for rgb in (from_png, from_tif):
+        assert rgb.shape == (24, 32, 3)
+        got = color.rgb_to_lab(rgb / 65535.0)[..., 0]
+        assert np.abs(got - want).max() < 0.05  # 8-bit output would be off by up to ~0.4
