@@ -13,13 +13,18 @@ only reads the offsets, and tf.data's native `FixedLengthRecordDataset` reads th
 records; reading, shuffling, augmentation and batching all run in tf.data's C++ runtime.
 
 The order of an epoch is a pure function of (seed, epoch, shard list), so a resumed
-run can skip to the exact batch it stopped at.
+run can skip to the exact batch it stopped at. Each image's bins are checked against
+the bin table as they are read (a check over all the bins before training would read
+the whole dataset): a bad value fails the step with `bad_data_message` naming the
+shard, instead of an index error deep in the loss (CPU) or a NaN loss (GPU).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +33,7 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
-from kcolor import color
+from kcolor import color, shards
 from kcolor.loss import subsample_bins
 
 BLOCK = 256  # consecutive images taken from one shard before the next
@@ -91,16 +96,49 @@ def _pieces_dataset(pieces: list[Piece], size: int) -> tf.data.Dataset:
 
 
 @tf.autograph.experimental.do_not_convert  # plain tf.data calls: nothing to convert
-def _records(path, L_head, L_foot, bins_head, bins_foot, size: int) -> tf.data.Dataset:
-    """(L, bins) images of one piece, uint8 and uint16 (S, S), read natively."""
+def _records(path, L_head, L_foot, bins_head, bins_foot, size: int, q: int) -> tf.data.Dataset:
+    """(L, bins) images of one piece, uint8 and uint16 (S, S), read natively; bins
+    checked to be below `q` (the bin table's size)."""
     read = tf.data.FixedLengthRecordDataset
     L = read(path, size * size, L_head, L_foot).map(
         lambda r: tf.reshape(tf.io.decode_raw(r, tf.uint8), (size, size))
     )
     bins = read(path, 2 * size * size, bins_head, bins_foot).map(
-        lambda r: tf.reshape(tf.io.decode_raw(r, tf.uint16, little_endian=True), (size, size))
+        lambda r: _checked_bins(
+            tf.reshape(tf.io.decode_raw(r, tf.uint16, little_endian=True), (size, size)), path, q
+        )
     )
     return tf.data.Dataset.zip(L, bins)
+
+
+# The check's message carries the shard's path in base64: TensorFlow escapes quotes and
+# control characters in the strings it prints, base64 has none.
+_BAD_BINS = "kcolor-bad-bins"
+_BAD_BINS_RE = re.compile(_BAD_BINS + r":([A-Za-z0-9_=-]*):(\d+):(\d+)")
+
+
+def _checked_bins(bins, path, q: int):
+    """bins (S, S) uint16, unchanged, after asserting that every value is below q."""
+    top = tf.cast(tf.reduce_max(bins), tf.int32)
+    message = tf.strings.join(
+        [_BAD_BINS, tf.io.encode_base64(path), str(q), tf.strings.as_string(top)], ":"
+    )
+    with tf.control_dependencies([tf.debugging.Assert(top < q, [message])]):
+        return tf.identity(bins)
+
+
+def bad_data_message(error: Exception) -> str | None:
+    """The one-line message of a bad bin value met while reading (an InvalidArgumentError
+    from `_checked_bins`), e.g. 'train-00003-of-00017.h5: bins: expected values below
+    313, found 65535 (a damaged shard: remake it with kcolor prep)'; None for other errors."""
+    m = _BAD_BINS_RE.search(str(getattr(error, "message", error)))
+    if m is None:
+        return None
+    path = base64.urlsafe_b64decode(m[1] + "=" * (-len(m[1]) % 4)).decode("utf-8", "replace")
+    return (
+        f"{path}: bins: expected values below {m[2]}, found {m[3]} "
+        "(a damaged shard: remake it with `kcolor prep`)"
+    )
 
 
 def count_images(paths: Sequence[Path], part: int = 0, parts: int = 1) -> int:
@@ -192,7 +230,7 @@ def train_dataset(
     rng = np.random.default_rng([seed, epoch, part])
     pieces = [pieces[i] for i in rng.permutation(len(pieces))]
     ds = _pieces_dataset(pieces, size).interleave(
-        functools.partial(_records, size=size),
+        functools.partial(_records, size=size, q=_num_bins(pieces)),
         cycle_length=CYCLE,
         block_length=BLOCK,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -219,8 +257,14 @@ def eval_dataset(
     """Validation batches in file order, full size, no augmentation (last batch kept)."""
     size = _image_size(paths)
     pieces = _pieces(paths, part, parts)
-    ds = _pieces_dataset(pieces, size).flat_map(functools.partial(_records, size=size))
+    records = functools.partial(_records, size=size, q=_num_bins(pieces))
+    ds = _pieces_dataset(pieces, size).flat_map(records)
     return ds.batch(batch_size).map(_to_model, tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _num_bins(pieces: list[Piece]) -> int:
+    """The size of the shards' bin table (checked compatible by the caller)."""
+    return shards.read_meta(pieces[0][0])["table"].size if pieces else 1 << 16
 
 
 def _image_size(paths: Sequence[Path]) -> int:

@@ -74,6 +74,9 @@ def rgbx_lookup(table_name: str) -> np.ndarray:
     table[rgb.max(1) - rgb.min(1) > GRAY_SPREAD] |= COLORED
     try:
         cache.mkdir(parents=True, exist_ok=True)
+        for stale in shards.stale_temp_files(cache, path.name):  # 64 MiB each
+            if not _alive(int(stale.name.rsplit(".", 2)[1])):  # else another prep's, in progress
+                stale.unlink(missing_ok=True)
         tmp = shards.temp_path(path)
         with open(tmp, "wb") as f:
             np.save(f, table)
@@ -81,6 +84,16 @@ def rgbx_lookup(table_name: str) -> np.ndarray:
     except OSError:
         pass  # an unwritable cache only costs time
     return table
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 # --- the worker ---------------------------------------------------------------

@@ -7,12 +7,15 @@ Every shard is made by one worker process from a fixed list of images: decode
 (PIL), centre-crop, look up the exact L and bin of each 24-bit color in a table
 built once before the workers fork, write to a temp file, rename. What goes into
 which shard depends only on SOURCE and the settings, so a rerun skips finished
-shards and reproduces the rest byte for byte. Bad input is skipped (or converted)
-and reported as one `path: problem` line, never silently. Numpy, PIL and h5py only.
+shards and reproduces the rest byte for byte. One prep at a time writes into OUT
+(kcolor.lock); it clears the temp files that killed runs left. Bad input is skipped
+(or converted) and reported as one `path: problem` line, never silently. Numpy, PIL
+and h5py only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kcolor import color, encode, shards
+from kcolor import color, encode, lock, shards
 from kcolor.sources import NOTE_KINDS, SKIP_KINDS, Item, list_source
 
 
@@ -196,21 +199,13 @@ def prepare(
         "num_shards": num,
         "listing": {s: _listing_digest(v) for s, v in listing.items.items()},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    todo, done = _resume(out, tasks, num, recipe)
-    if done:
-        log(f"Resuming: {len(done)} of {len(tasks)} shards already in {out}")
-    results = _run(todo, workers, settings, recipe, source, out, strict, log, progress)
-
-    shards.merge_reports(out)
-    stats = None
-    n_train = num.get("train", 0)
-    if all((out / shards.shard_name("train", k, n_train)).exists() for k in range(n_train)):
-        try:
-            shards.write_stats(out)
-            stats = out / shards.STATS_FILE
-        except ValueError as e:
-            raise PrepError(str(e)) from None
+    _make_folder(out)
+    with _locked(out, log):
+        todo, done = _resume(out, tasks, num, recipe)
+        if done:
+            log(f"Resuming: {len(done)} of {len(tasks)} shards already in {out}")
+        results = _run(todo, workers, settings, recipe, source, out, strict, log, progress)
+        stats = _finish(out, num.get("train", 0))
     images, problems = Counter(), Counter()
     for task, meta in done:
         images[task.split] += meta["num_images"]
@@ -232,8 +227,45 @@ def prepare(
     )
 
 
+def _make_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename and Path(e.filename) != out else ""
+        reason = "a broken symbolic link" if out.is_symlink() else e.strerror
+        raise PrepError(f"{out}: could not create the output folder ({where}{reason})") from None
+
+
+@contextlib.contextmanager
+def _locked(out: Path, log):
+    """Hold OUT's lock; clear the temp files of killed runs (only a holder may: another
+    run's temp files are its work in progress); one line for any write error."""
+    try:
+        with lock.hold(out, "kcolor prep", echo=log):
+            for stale in shards.stale_temp_files(out):
+                stale.unlink(missing_ok=True)
+            yield
+    except (lock.LockError, shards.WriteError) as e:
+        raise PrepError(str(e)) from None
+    except OSError as e:
+        reason = e.strerror or str(e).splitlines()[0]
+        raise PrepError(f"{e.filename or out}: {reason}") from None
+
+
+def _finish(out: Path, n_train: int) -> Path | None:
+    """report.txt, and stats.json once every train shard is here (else None)."""
+    shards.merge_reports(out)
+    if not all((out / shards.shard_name("train", k, n_train)).exists() for k in range(n_train)):
+        return None
+    try:
+        shards.write_stats(out)
+    except ValueError as e:
+        raise PrepError(str(e)) from None
+    return out / shards.STATS_FILE
+
+
 def _resume(out: Path, tasks: list[encode.ShardTask], num: dict, recipe: dict):
-    """Split tasks into (to do, done with their meta); clear stale temp files.
+    """Split tasks into (to do, done with their meta).
 
     A finished shard counts only if it was made from the same listing and settings;
     anything else in OUT that would mix with this run is an error, not a guess.
@@ -250,10 +282,6 @@ def _resume(out: Path, tasks: list[encode.ShardTask], num: dict, recipe: dict):
     for task in tasks:
         final = out / task.name
         report = out / shards.report_name(task.split, task.index)
-        for stale in shards.stale_temp_files(out, final.name) + shards.stale_temp_files(
-            out, report.name
-        ):
-            stale.unlink(missing_ok=True)
         if not (final.exists() and report.exists()):
             todo.append(task)
             continue
@@ -333,19 +361,26 @@ def _run(todo, workers, settings, recipe, source, out, strict, log, progress) ->
         return results
     except (encode.BadInput, encode.Stop) as e:
         raise PrepError(str(e) or "stopped") from None
+    except shards.WriteError as e:
+        raise PrepError(f"{e}; the shards written are kept: rerun to resume") from None
     except BrokenProcessPool:
         raise PrepError(f"{out}: a worker died (out of memory?); rerun to resume") from None
     except OSError as e:
-        raise PrepError(f"{out}: could not write a shard ({e})") from None
+        reason = e.strerror or str(e).splitlines()[0]
+        raise PrepError(f"{e.filename or out}: could not write a shard ({reason})") from None
     finally:
         encode.STATE.clear()
 
 
 def merge_stats(out: Path) -> dict:
     """`kcolor prep --merge-stats OUT`: stats.json and report.txt from the shards in OUT."""
-    try:
-        stats = shards.write_stats(out)
-    except (OSError, ValueError) as e:
-        raise PrepError(str(e)) from None
-    shards.merge_reports(out)
+    out = Path(out)
+    if not out.is_dir():
+        raise PrepError(f"{out}: expected a folder of shards, found none")
+    with _locked(out, log=None):
+        try:
+            stats = shards.write_stats(out)
+        except (FileNotFoundError, ValueError) as e:
+            raise PrepError(str(e)) from None
+        shards.merge_reports(out)
     return stats

@@ -60,9 +60,12 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
 
-def stale_temp_files(root: Path, final_name: str) -> list[Path]:
-    """Leftover temp files of `final_name` from interrupted runs."""
-    return sorted(Path(root).glob(f".{final_name}.*.tmp"))
+def stale_temp_files(root: Path, final_name: str | None = None) -> list[Path]:
+    """Temp files (`temp_path`) of `final_name`, or of any file, in `root`: leftovers of
+    interrupted runs when no other run writes into `root` (see kcolor.lock)."""
+    name = re.escape(final_name) if final_name else ".+"
+    pattern = re.compile(rf"^\.{name}\.\d+\.tmp(\.\w+)?$")  # (photo.temp_path adds a suffix)
+    return sorted(p for p in Path(root).glob(".*.tmp*") if pattern.match(p.name))
 
 
 def write_shard(
@@ -118,23 +121,21 @@ def write_shard(
         "settings": json.dumps(settings, sort_keys=True),
         **(extra_attrs or {}),
     }
-    tmp = temp_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("L", data=np.asarray(L, np.uint8))
-            f.create_dataset("bins", data=np.asarray(bins, np.uint16))
-            f.create_dataset("label", data=np.asarray(label, np.int32))
-            f.create_dataset("path", data=np.array(paths, dtype=object), dtype=h5py.string_dtype())
-            f.create_dataset("bin_counts", data=np.asarray(counts, np.int64))
-            f.attrs.update(attrs)
-        if report is not None:
-            report_path = path.with_name(report_name(split, shard_index))
-            report_tmp = temp_path(report_path)
-            report_tmp.write_text(report, encoding="utf-8")
-            os.replace(report_tmp, report_path)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The file is built in memory (HDF5's core driver: the same bytes as on disk) and
+    # written with one plain write, so a full disk is one clean OSError naming the file,
+    # not HDF5 errors from a half-flushed file (again when h5py frees it).
+    with h5py.File(f"{path.name}.mem", "w", driver="core", backing_store=False) as f:
+        f.create_dataset("L", data=np.asarray(L, np.uint8))
+        f.create_dataset("bins", data=np.asarray(bins, np.uint16))
+        f.create_dataset("label", data=np.asarray(label, np.int32))
+        f.create_dataset("path", data=np.array(paths, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("bin_counts", data=np.asarray(counts, np.int64))
+        f.attrs.update(attrs)
+        f.flush()
+        image = f.id.get_file_image()
+    if report is not None:
+        _write_atomic(path.with_name(report_name(split, shard_index)), report.encode("utf-8"))
+    _write_atomic(path, image)
     return counts
 
 
@@ -370,6 +371,21 @@ def merge_reports(root: Path) -> Path:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
+    _write_atomic(path, text.encode("utf-8"))
+
+
+class WriteError(Exception):
+    """A file of OUT could not be written: one line naming it and the reason."""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, then rename it into place."""
     tmp = temp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror or str(e).splitlines()[0]
+        raise WriteError(f"{path}: could not write it ({reason})") from None

@@ -10,6 +10,10 @@ MultiWorkerMirroredStrategy, keras-team/keras#20585.) The optimizer is built ins
 RUN_DIR holds config.json (the resolved settings), ckpt/ (tf.train.Checkpoint of the
 model, the optimizer and hence the step, which fixes the data position), logs/
 (TensorBoard) and model.keras (the exported model, rewritten at each epoch end).
+One fit at a time writes into RUN_DIR (kcolor.lock; workers of a multi-worker run
+write into and lock RUN_DIR/.worker-N); it clears the temp files of killed runs. A
+run that cannot go on (a full disk, a damaged shard) stops with one line and keeps
+its last checkpoint; see docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from kcolor import dataset, rebalance, shards
+from kcolor import dataset, lock, rebalance, shards
 from kcolor.config import CONFIG_NAME, FitConfig, resolve_config  # noqa: F401 (the fit API)
 
 
@@ -95,6 +101,8 @@ class _Data:
         train_paths = shards.list_shards(shard_dir, "train")
         val_paths = shards.list_shards(shard_dir, "val")
         shards.check_compatible(train_paths + val_paths)
+        for path in train_paths + val_paths:  # shapes, dtypes, counts: named before training
+            shards.validate_shard(path)  # (bin values: as they are read, dataset._records)
         meta = shards.read_meta(train_paths[0])
         size = int(meta["image_size"])
         counts = np.asarray(shards.load_stats(shard_dir)["bin_counts"], np.int64)
@@ -137,14 +145,40 @@ def fit(
     init_model: Path | None = None,
     echo=print,
 ) -> Path:
-    """Train (or resume) a run; returns the path of the exported model.keras."""
-    data = _Data.open(shard_dir, cfg)
+    """Train (or resume) a run; returns the path of the exported model.keras.
+
+    Raises:
+        lock.LockError: another fit is writing into RUN_DIR.
+        ValueError: unusable shards, settings or run folder (one line naming it).
+        TrainingError: the run had to stop (NaN loss, a full disk, a damaged shard);
+            its last checkpoint is kept.
+    """
+    import tensorflow as tf
+
+    run_dir = Path(run_dir)
     strategy = strategy or make_strategy()
-    run = _build(data, Path(run_dir), cfg, strategy, init_model, shard_dir, echo)
+    is_chief, worker_index = _worker_role(strategy)
+    out_dir = run_dir if is_chief else run_dir / f".worker-{worker_index}"
+    _make_run_dir(out_dir)
+    with lock.hold(out_dir, "kcolor fit", echo=echo):
+        _clear_stale_files(out_dir)
+        _check_resumable(run_dir, out_dir)
+        data = _Data.open(shard_dir, cfg)
+        run = _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo)
+        try:
+            return _train(run, data, strategy, echo)
+        except tf.errors.InvalidArgumentError as e:
+            bad = dataset.bad_data_message(e)
+            if bad is None:
+                raise
+            raise TrainingError(f"{bad}; stopped at step {run.step}, kept {_latest(run)}") from None
+
+
+def _train(run: _Run, data: _Data, strategy, echo) -> Path:
+    """Restore, finish an interrupted epoch end, then train to the end (or time limit)."""
+    cfg = run.cfg
     validate = _Validation(run, data)
-    if run.manager.latest_checkpoint:
-        run.ckpt.restore(run.manager.latest_checkpoint).assert_existing_objects_matched()
-        echo(f"Resumed from {run.manager.latest_checkpoint} (step {run.step})")
+    _restore(run, echo)
     if 0 < run.step and _at_epoch_end(run) and int(run.epoch_end_done.numpy()) < run.step:
         validate.epoch_end(echo)  # killed after the epoch's checkpoint, before its export
     started = time.monotonic()
@@ -162,28 +196,140 @@ def fit(
         if _at_epoch_end(run):
             validate.epoch_end(echo)
     if int(run.epoch_end_done.numpy()) != run.step:  # stopped mid-epoch: export all the same
-        from kcolor import model
-
-        model.export_model(run.net, run.out_dir / "model.keras")
+        _export(run)
     validate.board.close()
     echo(f"Model written to {run.out_dir / 'model.keras'}")
     return run.out_dir / "model.keras"
+
+
+def _make_run_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename and Path(e.filename) != out_dir else ""
+        raise ValueError(
+            f"{out_dir}: could not create the run folder ({where}{e.strerror})"
+        ) from None
+
+
+# temp files that a kill can leave: TF's checkpoint parts (ckpt-N_temp/) and state file
+# (checkpoint.tmp<uuid>), and model.keras and config.json before their rename
+# (.model.tmp.keras, .model.keras.<pid>.tmp.keras, .config.json.tmp)
+_STALE_IN_CKPT = re.compile(r"^(ckpt-\d+_temp|checkpoint\.tmp[0-9a-f]+)$")
+_STALE_IN_RUN = re.compile(r"^\.(model|model\.keras|config\.json)\.(\d+\.)?tmp(\.keras)?$")
+
+
+def _clear_stale_files(out_dir: Path) -> None:
+    """Remove what killed runs left half-written. Only the lock's holder may: another
+    run's temp files are its work in progress."""
+    ckpt_dir = out_dir / "ckpt"
+    stale = (
+        [p for p in ckpt_dir.iterdir() if _STALE_IN_CKPT.match(p.name)] if ckpt_dir.is_dir() else []
+    )
+    stale += [p for p in out_dir.glob(".*tmp*") if _STALE_IN_RUN.match(p.name)]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _check_resumable(run_dir: Path, out_dir: Path) -> None:
+    """A run folder with checkpoints needs its config.json: the settings that shaped the
+    network are there, and a guess (the defaults) would be overwritten into it."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(out_dir / "ckpt"))
+    config = run_dir / CONFIG_NAME
+    if latest and not config.is_file():
+        raise ValueError(
+            f"{config}: missing, but {latest} is a checkpoint of this run; put its "
+            "config.json back (it records the settings that shaped the network) or use a new RUN_DIR"
+        )
+
+
+def _restore(run: _Run, echo) -> None:
+    import tensorflow as tf
+
+    latest = run.manager.latest_checkpoint
+    if not latest:
+        return
+    try:
+        run.ckpt.restore(latest).assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        # the half-done restore logs a list of unrestored values when it is freed (at
+        # exit): noise under the one line that says what is wrong
+        tf.get_logger().addFilter(lambda r: "restored" not in r.getMessage())
+        m = _SHAPE_MISMATCH.search(str(e))
+        reason = (
+            f"{m[3]} has shape {m[1]} in this run's model, {m[2]} in the checkpoint"
+            if m
+            else _reason(e)
+        )
+        raise ValueError(
+            f"{latest}: cannot resume from it ({reason}); was {run.out_dir / CONFIG_NAME} "
+            "changed by hand?"
+        ) from None
+    echo(f"Resumed from {latest} (step {run.step})")
+
+
+_SHAPE_MISMATCH = re.compile(
+    r"variable\.shape=(\S+), Received: value\.shape=(\S+)\. Target variable: <Variable path=([^,]+)"
+)
+
+
+def _reason(e: BaseException) -> str:
+    """The gist of an OSError, TensorFlow or Keras error, on one line."""
+    text = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+    text = (text.strip().splitlines() or [type(e).__name__])[0]
+    text = re.sub(r"\{\{[^}]*\}\}|\s*\[Op:\w+\].*$", "", text).strip()
+    return text.rsplit("; ", 1)[-1][:300] or type(e).__name__
+
+
+def _latest(run: _Run) -> str:
+    return run.manager.latest_checkpoint or "no checkpoint"
+
+
+def _save(run: _Run, step: int) -> None:
+    """Checkpoint `step`; on failure (a full disk) stop, keeping the last good one."""
+    import tensorflow as tf
+
+    try:
+        run.manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as e:
+        shutil.rmtree(Path(run.manager.directory) / f"ckpt-{step}_temp", ignore_errors=True)
+        raise TrainingError(
+            f"{Path(run.manager.directory) / f'ckpt-{step}'}: could not write the checkpoint "
+            f"({_reason(e)}); kept {_latest(run)}; rerun to resume"
+        ) from None
+
+
+def _export(run: _Run) -> None:
+    """Write model.keras; on failure stop with one line (the checkpoints are kept)."""
+    from kcolor import model
+
+    path = run.out_dir / "model.keras"
+    try:
+        model.export_model(run.net, path)
+    except OSError as e:
+        raise TrainingError(
+            f"{path}: could not write the model ({_reason(e)}); kept {_latest(run)}; "
+            "rerun to finish the epoch"
+        ) from None
 
 
 def _at_epoch_end(run: _Run) -> bool:
     return run.step % run.steps_per_epoch == 0 or run.step >= run.total_steps
 
 
-def _build(data, run_dir, cfg, strategy, init_model, shard_dir, echo) -> _Run:
-    """The run folder, config.json, and the model, optimizer, loss and step."""
+def _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo) -> _Run:
+    """config.json, and the model, optimizer, loss and step."""
     import keras
     import tensorflow as tf
 
     from kcolor import loss, model
 
-    is_chief, worker_index = _worker_role(strategy)
-    out_dir = run_dir if is_chief else run_dir / f".worker-{worker_index}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    is_chief = out_dir == run_dir
     saved = run_dir / CONFIG_NAME
     saved_table = json.loads(saved.read_text()).get("bin_table") if saved.is_file() else None
     if saved_table and saved_table != data.table.name:
@@ -286,11 +432,11 @@ class _Validation:
         self.table = data.table
 
     def epoch_end(self, echo) -> None:
-        from kcolor import model, monitor
+        from kcolor import monitor
 
         run, step = self.run, self.run.step
         if _latest_step(run) != step:
-            run.manager.save(checkpoint_number=step)
+            _save(run, step)
         results = self.evaluate(self.batches)
         self.board.scalars("val", step, results)
         self.board.preview(step, monitor.preview_grid(run.net, self.preview, self.table))
@@ -299,9 +445,9 @@ class _Validation:
             f"epoch {epoch}/{run.cfg.epochs} step {step}: "
             + ", ".join(f"val {k} {v:.4g}" for k, v in results.items())
         )
-        model.export_model(run.net, run.out_dir / "model.keras")
+        _export(run)
         run.epoch_end_done.assign(step)
-        run.manager.save(checkpoint_number=step)  # now recording that this work is done
+        _save(run, step)  # now recording that this work is done
 
 
 def _latest_step(run: _Run) -> int | None:
@@ -338,8 +484,18 @@ def _train_epoch_part(run: _Run, data: _Data, strategy, board, started: float) -
         spe, stateful_metrics=["loss", "img/s"], verbose=1 if run.is_chief else 0
     )
     bar.update(skip)
-    tick, tick_step, last_saved = time.monotonic(), run.step, run.step
     batches = iter(distribute(strategy, dataset_fn))
+    try:
+        _train_steps(run, batches, bar, board, started, epoch, end)
+    except BaseException:
+        if run.is_chief:
+            print(flush=True)  # end the progress bar's line: the error gets a line of its own
+        raise
+
+
+def _train_steps(run: _Run, batches, bar, board, started: float, epoch: int, end: int) -> None:
+    cfg, spe = run.cfg, run.steps_per_epoch
+    tick, tick_step, last_saved = time.monotonic(), run.step, run.step
     step = run.step
     while step < end:
         batch = next(batches, None)
@@ -365,7 +521,7 @@ def _train_epoch_part(run: _Run, data: _Data, strategy, board, started: float) -
             tick, tick_step = now, step
         out_of_time = cfg.time_limit and (now - started) / 60 >= cfg.time_limit
         if step % cfg.checkpoint_every == 0 or out_of_time:
-            run.manager.save(checkpoint_number=step)
+            _save(run, step)
             last_saved = step
         if out_of_time:
             return
@@ -422,5 +578,9 @@ def make_train_step(strategy, net, opt, loss_fn, global_batch: int):
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"{path}: could not write it ({_reason(e)})") from None

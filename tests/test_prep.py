@@ -274,6 +274,7 @@ def test_killed_and_resumed_prep_equals_an_uninterrupted_one(tmp_path):
     rerun = subprocess.run([*cmd, str(out), *common], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{finished} already done" in rerun.stdout
+    assert "taking over the lock left by kcolor prep" in rerun.stderr  # kcolor.lock
     assert not list(out.glob(".*.tmp"))
     assert_same_shards(tmp_path / "whole", out)
     whole = json.loads((tmp_path / "whole" / "stats.json").read_text())

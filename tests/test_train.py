@@ -291,6 +291,7 @@ def test_kill_9_then_resume(shard_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     resumed = [l for l in out.stdout.splitlines() if l.startswith("Resumed from")]
     assert resumed and int(resumed[0].split("(step ")[1].rstrip(")")) >= 6
+    assert f"{run}: taking over the lock left by kcolor fit, PID {proc.pid}" in out.stdout
     net = model.load_model(run / "model.keras")
     assert model.model_info(net)["width"] == 0.0625
 
@@ -326,6 +327,8 @@ def test_multi_worker_mirrored_two_processes(shard_dir, tmp_path):
     for p, (_so, se) in zip(procs, outs, strict=True):
         assert p.returncode == 0, se[-3000:]
     assert "2 replica(s)" in outs[0][0]
+    # the chief locked RUN_DIR, worker 1 its own folder (kcolor.lock)
+    assert (run / ".kcolor.lock").exists() and (run / ".worker-1" / ".kcolor.lock").exists()
     chief = model.load_model(run / "model.keras").get_weights()
     other = model.load_model(run / ".worker-1" / "model.keras").get_weights()
     for a, b in zip(chief, other, strict=True):
