@@ -1,19 +1,14 @@
-"""`kcolor fit`: train the ECCV16 network from shards on one CPU, all local GPUs, or many machines.
+"""`kcolor fit`: train a network from shards on one CPU, all local GPUs, or many machines.
 
-    kcolor fit shards/ runs/w025 --width 0.25 --precision auto --epochs 20
+    kcolor fit shards/ runs/a --arch effnet_lite0 --width 0.5 --epochs 4
 
 One design serves every strategy: a custom loop with `strategy.run` and
-`tf.nn.compute_average_loss`. (Keras 3 `model.fit` fails under
-MultiWorkerMirroredStrategy, keras-team/keras#20585.) The optimizer is built inside
-`strategy.scope()` before the step is traced.
-
-RUN_DIR holds config.json (the resolved settings), ckpt/ (tf.train.Checkpoint of the
-model, the optimizer and hence the step, which fixes the data position), logs/
-(TensorBoard) and model.keras (the exported model, rewritten at each epoch end).
-One fit at a time writes into RUN_DIR (kcolor.lock; workers of a multi-worker run
-write into and lock RUN_DIR/.worker-N); it clears the temp files of killed runs. A
-run that cannot go on (a full disk, a damaged shard) stops with one line and keeps
-its last checkpoint; see docs/reliability.md.
+`tf.nn.compute_average_loss` (Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy,
+keras-team/keras#20585); the optimizer is built inside `strategy.scope()`.
+RUN_DIR holds config.json (the resolved settings), ckpt/ (model, optimizer, hence the step
+and the data position), logs/ (TensorBoard) and model.keras (rewritten at each epoch end).
+One fit at a time writes into it (kcolor.lock); kcolor.rundir clears what killed runs left
+and turns a full disk or a bad run folder into one line (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -22,15 +17,14 @@ import dataclasses
 import json
 import math
 import os
-import re
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from kcolor import dataset, lock, rebalance, shards
+from kcolor import dataset, lock, rebalance, rundir, shards
 from kcolor.config import CONFIG_NAME, FitConfig, resolve_config  # noqa: F401 (the fit API)
+from kcolor.rundir import TrainingError
 
 
 def learning_rate(cfg: FitConfig, step: int, total_steps: int) -> float:
@@ -45,10 +39,6 @@ def learning_rate(cfg: FitConfig, step: int, total_steps: int) -> float:
         done = min(1.0, (step - cfg.warmup_steps) / span)
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done))
     return cfg.lr
-
-
-class TrainingError(RuntimeError):
-    """A training run stopped for a reason the user must act on."""
 
 
 def make_strategy(cpu_replicas: int = 0):
@@ -159,10 +149,10 @@ def fit(
     strategy = strategy or make_strategy()
     is_chief, worker_index = _worker_role(strategy)
     out_dir = run_dir if is_chief else run_dir / f".worker-{worker_index}"
-    _make_run_dir(out_dir)
+    rundir.make_run_dir(out_dir)
     with lock.hold(out_dir, "kcolor fit", echo=echo):
-        _clear_stale_files(out_dir)
-        _check_resumable(run_dir, out_dir)
+        rundir.clear_stale_files(out_dir)
+        rundir.check_resumable(run_dir, out_dir)
         data = _Data.open(shard_dir, cfg)
         run = _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo)
         try:
@@ -171,14 +161,16 @@ def fit(
             bad = dataset.bad_data_message(e)
             if bad is None:
                 raise
-            raise TrainingError(f"{bad}; stopped at step {run.step}, kept {_latest(run)}") from None
+            raise TrainingError(
+                f"{bad}; stopped at step {run.step}, kept {rundir.latest(run)}"
+            ) from None
 
 
 def _train(run: _Run, data: _Data, strategy, echo) -> Path:
     """Restore, finish an interrupted epoch end, then train to the end (or time limit)."""
     cfg = run.cfg
     validate = _Validation(run, data)
-    _restore(run, echo)
+    rundir.restore(run, echo)
     if 0 < run.step and _at_epoch_end(run) and int(run.epoch_end_done.numpy()) < run.step:
         validate.epoch_end(echo)  # killed after the epoch's checkpoint, before its export
     started = time.monotonic()
@@ -196,126 +188,10 @@ def _train(run: _Run, data: _Data, strategy, echo) -> Path:
         if _at_epoch_end(run):
             validate.epoch_end(echo)
     if int(run.epoch_end_done.numpy()) != run.step:  # stopped mid-epoch: export all the same
-        _export(run)
+        rundir.export(run)
     validate.board.close()
     echo(f"Model written to {run.out_dir / 'model.keras'}")
     return run.out_dir / "model.keras"
-
-
-def _make_run_dir(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename and Path(e.filename) != out_dir else ""
-        raise ValueError(
-            f"{out_dir}: could not create the run folder ({where}{e.strerror})"
-        ) from None
-
-
-# temp files that a kill can leave: TF's checkpoint parts (ckpt-N_temp/) and state file
-# (checkpoint.tmp<uuid>), and model.keras and config.json before their rename
-# (.model.tmp.keras, .model.keras.<pid>.tmp.keras, .config.json.tmp)
-_STALE_IN_CKPT = re.compile(r"^(ckpt-\d+_temp|checkpoint\.tmp[0-9a-f]+)$")
-_STALE_IN_RUN = re.compile(r"^\.(model|model\.keras|config\.json)\.(\d+\.)?tmp(\.keras)?$")
-
-
-def _clear_stale_files(out_dir: Path) -> None:
-    """Remove what killed runs left half-written. Only the lock's holder may: another
-    run's temp files are its work in progress."""
-    ckpt_dir = out_dir / "ckpt"
-    stale = (
-        [p for p in ckpt_dir.iterdir() if _STALE_IN_CKPT.match(p.name)] if ckpt_dir.is_dir() else []
-    )
-    stale += [p for p in out_dir.glob(".*tmp*") if _STALE_IN_RUN.match(p.name)]
-    for p in stale:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-
-
-def _check_resumable(run_dir: Path, out_dir: Path) -> None:
-    """A run folder with checkpoints needs its config.json: the settings that shaped the
-    network are there, and a guess (the defaults) would be overwritten into it."""
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(str(out_dir / "ckpt"))
-    config = run_dir / CONFIG_NAME
-    if latest and not config.is_file():
-        raise ValueError(
-            f"{config}: missing, but {latest} is a checkpoint of this run; put its "
-            "config.json back (it records the settings that shaped the network) or use a new RUN_DIR"
-        )
-
-
-def _restore(run: _Run, echo) -> None:
-    import tensorflow as tf
-
-    latest = run.manager.latest_checkpoint
-    if not latest:
-        return
-    try:
-        run.ckpt.restore(latest).assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as e:
-        # the half-done restore logs a list of unrestored values when it is freed (at
-        # exit): noise under the one line that says what is wrong
-        tf.get_logger().addFilter(lambda r: "restored" not in r.getMessage())
-        m = _SHAPE_MISMATCH.search(str(e))
-        reason = (
-            f"{m[3]} has shape {m[1]} in this run's model, {m[2]} in the checkpoint"
-            if m
-            else _reason(e)
-        )
-        raise ValueError(
-            f"{latest}: cannot resume from it ({reason}); was {run.out_dir / CONFIG_NAME} "
-            "changed by hand?"
-        ) from None
-    echo(f"Resumed from {latest} (step {run.step})")
-
-
-_SHAPE_MISMATCH = re.compile(
-    r"variable\.shape=(\S+), Received: value\.shape=(\S+)\. Target variable: <Variable path=([^,]+)"
-)
-
-
-def _reason(e: BaseException) -> str:
-    """The gist of an OSError, TensorFlow or Keras error, on one line."""
-    text = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-    text = (text.strip().splitlines() or [type(e).__name__])[0]
-    text = re.sub(r"\{\{[^}]*\}\}|\s*\[Op:\w+\].*$", "", text).strip()
-    return text.rsplit("; ", 1)[-1][:300] or type(e).__name__
-
-
-def _latest(run: _Run) -> str:
-    return run.manager.latest_checkpoint or "no checkpoint"
-
-
-def _save(run: _Run, step: int) -> None:
-    """Checkpoint `step`; on failure (a full disk) stop, keeping the last good one."""
-    import tensorflow as tf
-
-    try:
-        run.manager.save(checkpoint_number=step)
-    except (OSError, tf.errors.OpError) as e:
-        shutil.rmtree(Path(run.manager.directory) / f"ckpt-{step}_temp", ignore_errors=True)
-        raise TrainingError(
-            f"{Path(run.manager.directory) / f'ckpt-{step}'}: could not write the checkpoint "
-            f"({_reason(e)}); kept {_latest(run)}; rerun to resume"
-        ) from None
-
-
-def _export(run: _Run) -> None:
-    """Write model.keras; on failure stop with one line (the checkpoints are kept)."""
-    from kcolor import model
-
-    path = run.out_dir / "model.keras"
-    try:
-        model.export_model(run.net, path)
-    except OSError as e:
-        raise TrainingError(
-            f"{path}: could not write the model ({_reason(e)}); kept {_latest(run)}; "
-            "rerun to finish the epoch"
-        ) from None
 
 
 def _at_epoch_end(run: _Run) -> bool:
@@ -339,7 +215,7 @@ def _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo) -
         )
     if is_chief:
         record = dataclasses.asdict(cfg) | {"bin_table": data.table.name, "shards": str(shard_dir)}
-        _atomic_write(run_dir / CONFIG_NAME, json.dumps(record, indent=2))
+        rundir.write_config(run_dir / CONFIG_NAME, json.dumps(record, indent=2))
     precision = model.resolve_precision(cfg.precision, cfg.arch)
     keras.mixed_precision.set_global_policy(model.POLICIES[precision])
     replicas = strategy.num_replicas_in_sync
@@ -435,8 +311,8 @@ class _Validation:
         from kcolor import monitor
 
         run, step = self.run, self.run.step
-        if _latest_step(run) != step:
-            _save(run, step)
+        if rundir.latest_step(run) != step:
+            rundir.save(run, step)
         results = self.evaluate(self.batches)
         self.board.scalars("val", step, results)
         self.board.preview(step, monitor.preview_grid(run.net, self.preview, self.table))
@@ -445,14 +321,9 @@ class _Validation:
             f"epoch {epoch}/{run.cfg.epochs} step {step}: "
             + ", ".join(f"val {k} {v:.4g}" for k, v in results.items())
         )
-        _export(run)
+        rundir.export(run)
         run.epoch_end_done.assign(step)
-        _save(run, step)  # now recording that this work is done
-
-
-def _latest_step(run: _Run) -> int | None:
-    latest = run.manager.latest_checkpoint
-    return int(latest.rsplit("-", 1)[1]) if latest else None
+        rundir.save(run, step)  # now recording that this work is done
 
 
 def _train_epoch_part(run: _Run, data: _Data, strategy, board, started: float) -> None:
@@ -521,7 +392,7 @@ def _train_steps(run: _Run, batches, bar, board, started: float, epoch: int, end
             tick, tick_step = now, step
         out_of_time = cfg.time_limit and (now - started) / 60 >= cfg.time_limit
         if step % cfg.checkpoint_every == 0 or out_of_time:
-            _save(run, step)
+            rundir.save(run, step)
             last_saved = step
         if out_of_time:
             return
@@ -574,13 +445,3 @@ def make_train_step(strategy, net, opt, loss_fn, global_batch: int):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_rep, axis=None)
 
     return train_step
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise TrainingError(f"{path}: could not write it ({_reason(e)})") from None
