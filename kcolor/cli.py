@@ -45,8 +45,7 @@ def main():
 
 
 @main.command()
-@click.argument("source", required=False, type=click.Path(path_type=Path))
-@click.argument("out", required=False, type=click.Path(path_type=Path))
+@click.argument("paths", metavar="SOURCE... OUT", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--size",
     default=128,
@@ -90,12 +89,13 @@ def main():
     type=click.Path(path_type=Path),
     help="Only sum the train shards gathered in this folder into stats.json.",
 )
-def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
+def prep(paths, merge_dir, workers, shard_index, strict, **settings):
     """Turn the photos in SOURCE into HDF5 shards of L and ab bins in OUT.
 
     SOURCE is a Miniplaces root (train.txt, val.txt, images/) or any folder of
-    images (split by --val-fraction). Rerun the same command to resume after an
-    interruption. Bad files are skipped and listed in OUT/report.txt.
+    images (split by --val-fraction); several SOURCEs go into one shard folder, each
+    with its own split. Rerun the same command to resume after an interruption. Bad
+    files are skipped and listed in OUT/report.txt.
     """
     import sys
     import time
@@ -117,19 +117,19 @@ def prep(source, out, merge_dir, workers, shard_index, strict, **settings):
 
     try:
         if merge_dir is not None:
-            if source is not None:
+            if paths:
                 raise click.UsageError("--merge-stats takes only the folder of gathered shards")
             stats = prep_lib.merge_stats(merge_dir)
             click.echo(
                 f"Wrote {merge_dir / 'stats.json'}: {stats['images']:,} images in {stats['shards']} train shards, {stats['pixels']:,} pixels"
             )
             return
-        if source is None or out is None:
-            raise click.UsageError("expected SOURCE and OUT (or --merge-stats OUT)")
+        if len(paths) < 2:
+            raise click.UsageError("expected SOURCE... OUT (or --merge-stats OUT)")
         try:
             summary = prep_lib.prepare(
-                source,
-                out,
+                list(paths[:-1]),
+                paths[-1],
                 prep_lib.PrepSettings(**settings),
                 workers=workers,
                 shard_indices=prep_lib.parse_shard_indices(shard_index),

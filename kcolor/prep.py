@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kcolor import color, encode, lock, shards
-from kcolor.sources import NOTE_KINDS, SKIP_KINDS, Item, list_source
+from kcolor.sources import NOTE_KINDS, SKIP_KINDS, Item, list_sources
 
 
 class PrepError(Exception):
@@ -143,7 +143,7 @@ def _listing_digest(items: list[Item]) -> str:
 
 
 def prepare(
-    source: Path,
+    source: Path | list[Path],
     out: Path,
     settings: PrepSettings = PrepSettings(),
     *,
@@ -166,7 +166,8 @@ def prepare(
     """
     start = time.monotonic()
     log = log or (lambda _msg: None)
-    source, out = Path(source), Path(out)
+    sources = [Path(x) for x in source] if isinstance(source, list | tuple) else [Path(source)]
+    out = Path(out)
     workers = workers or os.cpu_count() or 1
     try:
         settings.check()
@@ -174,17 +175,18 @@ def prepare(
             raise ValueError(f"workers: expected at least 1, got {workers}")
         if out.exists() and not out.is_dir():
             raise ValueError(f"{out}: expected an output folder, found a file")
-        listing = list_source(
-            source, seed=settings.seed, val_fraction=settings.val_fraction, exclude=out
+        source, listing = list_sources(
+            sources, seed=settings.seed, val_fraction=settings.val_fraction, exclude=out
         )
     except ValueError as e:
         raise PrepError(str(e)) from None
     tasks = plan(listing.items, settings)
     if not tasks:
-        raise PrepError(f"{source}: expected images, found none")
+        raise PrepError(f"{' + '.join(map(str, sources))}: expected images, found none")
     counts = {s: len(v) for s, v in listing.items.items()}
     found = " and ".join(f"{n:,} {s}" for s, n in counts.items() if n)
-    log(f"Found {found} files in {source} ({listing.layout} layout)")
+    names = " + ".join(map(str, sources))
+    log(f"Found {found} files in {names} ({listing.layout} layout)")
     num = {t.split: t.num_shards for t in tasks}
     if shard_indices is not None:
         bad = sorted(i for i in shard_indices if not 0 <= i < max(num.values()))
@@ -194,7 +196,7 @@ def prepare(
     recipe = {
         **dataclasses.asdict(settings),
         "format_version": shards.FORMAT_VERSION,
-        "source": str(source.resolve()),
+        "source": " + ".join(str(x.resolve()) for x in sources),
         "layout": listing.layout,
         "num_shards": num,
         "listing": {s: _listing_digest(v) for s, v in listing.items.items()},

@@ -1,6 +1,7 @@
 """Reading a photo collection for `kcolor prep`: listing SOURCE and decoding each photo.
 
     kcolor prep SOURCE OUT
+    kcolor prep SOURCE1 SOURCE2 OUT        # several collections into one shard folder
 
 SOURCE is a Miniplaces root (train.txt / val.txt listing paths under images/, each
 with a label) or any folder of images, split into train/val by a seeded hash of
@@ -106,6 +107,39 @@ def list_source(
         }
         return Listing("miniplaces", items, ignored=0)
     return _list_folder(source, seed, val_fraction, exclude)
+
+
+def list_sources(
+    sources: list[Path], *, seed: int = 0, val_fraction: float = 0.05, exclude: Path | None = None
+) -> tuple[Path, Listing]:
+    """Several SOURCEs as one listing: (their common root, items relative to it).
+
+    Each source is listed as `list_source` lists it (its own layout and split); an item
+    keeps its path below its source, prefixed with the source's path below the root, so
+    photos of two collections never share a name in the shards. One source is its own root.
+    Raises ValueError when a source is listed twice or lies inside another.
+    """
+    sources = [Path(s) for s in sources]
+    if len(sources) == 1:
+        return sources[0], list_source(
+            sources[0], seed=seed, val_fraction=val_fraction, exclude=exclude
+        )
+    real = [Path(os.path.realpath(s)) for s in sources]
+    for i, a in enumerate(real):
+        for j, b in enumerate(real):
+            if i != j and (a == b or b in a.parents):
+                raise ValueError(f"{sources[i]}: the same photos as {sources[j]} (listed twice)")
+    root = Path(os.path.commonpath(real))
+    items: dict[str, list[Item]] = {}
+    layouts, ignored = [], 0
+    for src, r in zip(sources, real, strict=True):
+        listing = list_source(src, seed=seed, val_fraction=val_fraction, exclude=exclude)
+        prefix = r.relative_to(root).as_posix()
+        for split, its in listing.items.items():
+            items.setdefault(split, []).extend(it._replace(rel=f"{prefix}/{it.rel}") for it in its)
+        layouts.append(listing.layout)
+        ignored += listing.ignored
+    return root, Listing("+".join(layouts), items, ignored)
 
 
 def split_list_line(line: str) -> tuple[str, str] | None:

@@ -445,3 +445,30 @@ def test_prep_never_imports_tensorflow(tmp_path):
         "assert 'tensorflow' not in sys.modules, 'prep imported TensorFlow'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_two_sources_go_into_one_shard_folder(tmp_path):
+    a = write_miniplaces(tmp_path / "data" / "a", n_train=5, n_val=2, size=16, seed=1)
+    b = write_photo_dir(tmp_path / "data" / "b", n=6, size=16, seed=2, nested=False)[0].parent
+    out = tmp_path / "out"
+    result = run_prep(a, b, out, "--size", 16, "--val-fraction", 0.5, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    data = read_all(out)
+    paths = sorted(sum((d["path"] for d in data.values()), []))
+    # every photo of both, named below the sources' common folder, each split its own way
+    want_a = [
+        "a/images/" + ln.split()[0]
+        for t in ("train", "val")
+        for ln in (a / f"{t}.txt").read_text().splitlines()
+    ]
+    want_b = [f"b/{p.name}" for p in sorted(b.iterdir())]
+    assert paths == sorted(want_a + want_b)
+    val = sum((d["path"] for n, d in data.items() if n.startswith("val")), [])
+    assert {p for p in val if p.startswith("a/")} == {p for p in want_a if "/val/" in p}
+    assert shards.load_stats(out)["images"] == sum(
+        len(d["path"]) for n, d in data.items() if n.startswith("train")
+    )
+    # the same collection twice is refused before any work
+    result = run_prep(a, a, tmp_path / "out2", "--size", 16)
+    assert result.exit_code == 1 and "listed twice" in result.output
+    assert not (tmp_path / "out2").exists()
