@@ -1,4 +1,5 @@
-"""The `kcolor` command line: a thin click shell over the library.
+"""The `kcolor` command line: a thin click shell over the library (prep, fit, serve here;
+the commands that colorize with a model in kcolor.cli_infer).
 
     kcolor prep SOURCE OUT       images -> HDF5 shards + bin frequencies
     kcolor fit SHARDS RUN_DIR    train the network from shards
@@ -21,6 +22,7 @@ import click
 
 from kcolor import __version__, cli_infer
 from kcolor.config import FitConfig
+from kcolor.serve import MAX_UPLOAD_MB
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU feature notes) would bury the one-line
 # messages the commands print; users can still ask for it with TF_CPP_MIN_LOG_LEVEL=0.
@@ -201,12 +203,68 @@ def fit(shards, run_dir, config_file, init_model, cpu_replicas, **flags):
         raise click.ClickException(str(e)) from None
 
 
+# --- serve ----------------------------------------------------------------------
+
+
+@main.command("serve")
+@click.option(
+    "--model", "model_path", type=click.Path(exists=True, path_type=Path), help=cli_infer.MODEL_HELP
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. The page has no login: 0.0.0.0 shares it with your network.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: a free one).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=MAX_UPLOAD_MB,
+    show_default=True,
+    help="Largest photo file the page accepts, in MB.",
+)
+@cli_infer.precision_option(default="auto", show_default=True)
+def serve(model_path, host, port, max_upload_mb, precision):
+    """A web page to colorize photos: drop or pick them, compare before and after, set
+    the rebalancing strength and temperature, download PNGs.
+
+    One process keeps the model loaded and warm; the URL is printed once the first photo
+    can be answered at full speed. Ctrl-C stops it.
+    """
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException(
+            f"kcolor serve needs {e.name}, which is not installed: pip install 'kcolor[serve]'"
+        ) from None
+    from kcolor import serve as server
+
+    try:
+        server.run(
+            host,
+            port,
+            model_path,
+            max_upload_mb=max_upload_mb,
+            precision=precision,
+            echo=click.echo,
+        )
+    except (ValueError, OSError) as e:  # not a kcolor model; the port is taken
+        raise click.ClickException(str(e)) from None
+
+
 # the commands that use a trained model
 for _command in (
     cli_infer.colorize,
     cli_infer.evaluate,
     cli_infer.decoding,
     cli_infer.export,
-    cli_infer.serve,
 ):
     main.add_command(_command)

@@ -1,4 +1,5 @@
-"""The `kcolor` commands that use a trained model: colorize, evaluate, decoding, export.
+"""The `kcolor` commands that use a trained model: colorize, evaluate, decoding, export
+(`kcolor serve` is in kcolor.cli).
 
     kcolor colorize old_photos/ -o colorized/
     kcolor evaluate val/ -r --json eval.json
@@ -15,11 +16,10 @@ from pathlib import Path
 import click
 
 from kcolor.config import EXPORT_FORMATS, EXPORT_OUTPUTS, PRECISIONS
-from kcolor.serve import MAX_UPLOAD_MB
 from kcolor.video import SMOOTHING, VIDEO_SUFFIXES
 
 
-def _precision_option(**kwargs):
+def precision_option(**kwargs):
     return click.option(
         "--precision",
         type=click.Choice(PRECISIONS),
@@ -31,7 +31,7 @@ def _precision_option(**kwargs):
 
 # --- colorize -------------------------------------------------------------------
 
-_MODEL_HELP = "A .keras file (or run folder) from `kcolor fit`.  [default: the bundled model]"
+MODEL_HELP = "A .keras file (or run folder) from `kcolor fit`.  [default: the bundled model]"
 _SIZE_HELP = "Side the lightness is resized to for the network, rounded to a multiple of 8.  [default: the model's input size]"
 
 
@@ -64,9 +64,9 @@ def _network_options(f):
         help="ab from the bin distribution: annealed mean or top bin.",
     )(f)
     f = click.option("--size", type=click.IntRange(min=1), help=_SIZE_HELP)(f)
-    f = _precision_option(default="auto", show_default=True)(f)
+    f = precision_option(default="auto", show_default=True)(f)
     return click.option(
-        "--model", "model_path", type=click.Path(exists=True, path_type=Path), help=_MODEL_HELP
+        "--model", "model_path", type=click.Path(exists=True, path_type=Path), help=MODEL_HELP
     )(f)
 
 
@@ -396,60 +396,3 @@ def export(model_path, fmt, output, out, size):
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(str(exported))
-
-
-# --- serve ----------------------------------------------------------------------
-
-
-@click.command("serve")
-@click.option(
-    "--model", "model_path", type=click.Path(exists=True, path_type=Path), help=_MODEL_HELP
-)
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on. The page has no login: 0.0.0.0 shares it with your network.",
-)
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8000,
-    show_default=True,
-    help="Port to listen on (0: a free one).",
-)
-@click.option(
-    "--max-upload-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=MAX_UPLOAD_MB,
-    show_default=True,
-    help="Largest photo file the page accepts, in MB.",
-)
-@_precision_option(default="auto", show_default=True)
-def serve(model_path, host, port, max_upload_mb, precision):
-    """A web page to colorize photos: drop or pick them, compare before and after, set
-    the rebalancing strength and temperature, download PNGs.
-
-    One process keeps the model loaded and warm; the URL is printed once the first photo
-    can be answered at full speed. Ctrl-C stops it.
-    """
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        raise click.ClickException(
-            f"kcolor serve needs {e.name}, which is not installed: pip install 'kcolor[serve]'"
-        ) from None
-    from kcolor import serve as server
-
-    try:
-        server.run(
-            host,
-            port,
-            model_path,
-            max_upload_mb=max_upload_mb,
-            precision=precision,
-            echo=click.echo,
-        )
-    except (ValueError, OSError) as e:  # not a kcolor model; the port is taken
-        raise click.ClickException(str(e)) from None

@@ -193,14 +193,7 @@ def prepare(
         if bad:
             raise PrepError(f"--shard-index: expected 0..{max(num.values()) - 1}, got {bad[0]}")
         tasks = [t for t in tasks if t.index in shard_indices]
-    recipe = {
-        **dataclasses.asdict(settings),
-        "format_version": shards.FORMAT_VERSION,
-        "source": " + ".join(str(x.resolve()) for x in sources),
-        "layout": listing.layout,
-        "num_shards": num,
-        "listing": {s: _listing_digest(v) for s, v in listing.items.items()},
-    }
+    recipe = _recipe(settings, sources, listing, num)
     _make_folder(out)
     with _locked(out, log):
         todo, done = _resume(out, tasks, num, recipe)
@@ -227,6 +220,19 @@ def prepare(
         ignored=listing.ignored,
         stats=stats,
     )
+
+
+def _recipe(settings: PrepSettings, sources: list[Path], listing, num: dict) -> dict:
+    """What decides the shards' content, stored in each: a rerun resumes only shards
+    made by the same recipe."""
+    return {
+        **dataclasses.asdict(settings),
+        "format_version": shards.FORMAT_VERSION,
+        "source": " + ".join(str(x.resolve()) for x in sources),
+        "layout": listing.layout,
+        "num_shards": num,
+        "listing": {s: _listing_digest(v) for s, v in listing.items.items()},
+    }
 
 
 def _make_folder(out: Path) -> None:

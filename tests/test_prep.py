@@ -249,6 +249,7 @@ def test_rerun_skips_finished_shards_and_redoes_missing_ones(tmp_path):
     assert "size" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="kill -9 and fork semantics of Linux")
 def test_killed_and_resumed_prep_equals_an_uninterrupted_one(tmp_path):
     photos = tmp_path / "photos"

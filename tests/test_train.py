@@ -249,6 +249,7 @@ def test_config_precedence_and_frozen_settings(tmp_path):
         train.resolve_config(tmp_path / "new", bad, {})
 
 
+@pytest.mark.slow
 def test_two_replicas_give_the_single_device_gradient():
     out = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("_two_replicas.py"))],
@@ -269,6 +270,7 @@ def _fit_cmd(shard_dir, run, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(shard_dir, tmp_path):
     cmd = _fit_cmd(shard_dir, tmp_path / "run", "--epochs", "1", "--cpu-replicas", "2")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -277,6 +279,7 @@ def test_mirrored_strategy_on_two_logical_cpus(shard_dir, tmp_path):
     assert (tmp_path / "run" / "model.keras").is_file()
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume(shard_dir, tmp_path):
     run = tmp_path / "run"
     cmd = _fit_cmd(shard_dir, run, "--epochs", "30", "--checkpoint-every", "2")
