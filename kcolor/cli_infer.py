@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from kcolor.config import EXPORT_FORMATS, EXPORT_OUTPUTS, PRECISIONS
+from kcolor.photo import READ_SUFFIXES
 from kcolor.video import SMOOTHING, VIDEO_SUFFIXES
 
 
@@ -86,7 +87,7 @@ def _no_images(inputs, recursive, videos=False) -> click.ClickException:
     hint = "" if recursive or not any(p.is_dir() for p in inputs) else " (-r looks into subfolders)"
     also = f" or videos ({' '.join(VIDEO_SUFFIXES)})" if videos else ""
     return click.ClickException(
-        f"no images (.jpg .png .webp .tif .bmp){also} in {', '.join(map(str, inputs))}{hint}"
+        f"no images ({' '.join(sorted(READ_SUFFIXES))}){also} in {', '.join(map(str, inputs))}{hint}"
     )
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from kcolor import color, rebalance
 from kcolor.photo import (
     IMAGE_SUFFIXES,
+    READ_SUFFIXES,
     Photo,
     compare_image,
     compose,
@@ -194,7 +195,7 @@ class Job:
 
 
 def find_images(
-    inputs: Iterable[str | os.PathLike], recursive: bool = False, skip=(), suffixes=IMAGE_SUFFIXES
+    inputs: Iterable[str | os.PathLike], recursive: bool = False, skip=(), suffixes=READ_SUFFIXES
 ) -> list[tuple[Path, Path]]:
     """(file, folder it was found in) of each image; files given by name are kept whatever
     their suffix, folders give their files with `suffixes` (sorted; subfolders with
@@ -217,7 +218,7 @@ def find_images(
 
 
 def plan(
-    inputs, out=None, recursive=False, fmt=None, compare=False, suffixes=IMAGE_SUFFIXES
+    inputs, out=None, recursive=False, fmt=None, compare=False, suffixes=READ_SUFFIXES
 ) -> tuple[list[Job], list[tuple[Path, str]]]:
     """Output paths for the inputs, and the inputs refused (with the reason).
 
@@ -239,8 +240,10 @@ def plan(
         )
         if fmt:
             dst, dst_fmt = base.with_suffix(OUTPUT_FORMATS[fmt]), fmt.upper()
-        elif f.suffix.lower() in suffixes:
-            dst, dst_fmt = base, IMAGE_SUFFIXES.get(f.suffix.lower())
+        elif f.suffix.lower() in IMAGE_SUFFIXES:
+            dst, dst_fmt = base, IMAGE_SUFFIXES[f.suffix.lower()]
+        elif f.suffix.lower() in suffixes and f.suffix.lower() not in READ_SUFFIXES:
+            dst, dst_fmt = base, None  # a video keeps its container
         else:
             dst, dst_fmt = base.with_name(base.name + ".png"), "PNG"
         cmp = dst.with_name(f"{dst.stem}-compare{dst.suffix}") if compare else None

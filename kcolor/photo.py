@@ -36,6 +36,9 @@ IMAGE_SUFFIXES = {
     ".bmp": "BMP",
 }
 OUTPUT_STRIDE = 4  # the networks' ab come out at 1/4 of their input side (model.OUTPUT_STRIDE)
+# what a folder gives: every image suffix PIL reads; the outputs of those not in
+# IMAGE_SUFFIXES (formats kcolor writes back) are PNG
+READ_SUFFIXES = frozenset(IMAGE_SUFFIXES) | {".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jfif"}
 STRIP_PIXELS = 1 << 20  # pixels per row strip: ~50 MB of float temporaries
 COMPARE_MAX_SIDE = 2048  # each panel of a --compare image is shrunk to fit this
 SAVE_OPTIONS = {
@@ -126,7 +129,8 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, IsADirectoryError):
         return "is a folder, expected an image file"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
+    lower = text.lower()
+    if "truncated" in lower or "broken data stream" in lower or "premature end" in lower:
         return f"truncated or corrupt image ({text})"
     return text[:300]
 

@@ -30,13 +30,10 @@ from typing import NamedTuple
 
 import numpy as np
 import simplejpeg
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from kcolor.photo import GRAY_FRACTION, GRAY_SPREAD  # noqa: F401 (prep's rule, with encode)
+from kcolor.photo import GRAY_FRACTION, GRAY_SPREAD, READ_SUFFIXES, describe_error  # noqa: F401 (prep's rule, with encode)
 
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .jfif".split()
-)
 # Kinds of problem: SKIP drops the image, NOTE converts it and keeps it.
 SKIP_KINDS = (
     "missing",
@@ -55,16 +52,6 @@ NOTE_KINDS = ("CMYK", "palette", "16-bit", "alpha", "warning")
 # rule) teaches the network only 'gray': prep skips it. On photos-train this skips 0.5%
 # of the crops, all gray to the eye (a grey cat, walls).
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
-# EXIF orientation -> the transpose that undoes it (as PIL.ImageOps.exif_transpose).
-_UNROTATE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 class Problem(NamedTuple):
@@ -194,7 +181,7 @@ def _list_folder(source: Path, seed: int, val_fraction: float, exclude: Path | N
         for name in sorted(files):
             if name.startswith("."):
                 continue
-            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+            if os.path.splitext(name)[1].lower() not in READ_SUFFIXES:
                 ignored += 1
                 continue
             rel = name if rel_top == "." else f"{rel_top}/{name}"
@@ -281,13 +268,13 @@ def _load(data: bytes, size: int) -> tuple[Image.Image | None, list[Problem]]:
         warnings.simplefilter("always")
         try:
             img = _decode(io.BytesIO(data), size, problems)
-        except UnidentifiedImageError:
-            return None, [Problem("not an image", "not an image (PIL cannot identify the file)")]
         except _Skip as e:
             return None, problems + [e.problem]
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-            text = " ".join(str(e).split()) or type(e).__name__
-            return None, [Problem("corrupt", f"corrupt or truncated image ({text})")]
+            # worded as colorize and evaluate word it (kcolor.photo.describe_error)
+            why = describe_error(e)
+            kind = "not an image" if why.startswith("not an image") else "corrupt"
+            return None, [Problem(kind, why)]
     problems += [Problem("warning", f"decoder warning: {w.message}") for w in caught]
     return img, problems
 
@@ -302,15 +289,12 @@ def _decode(fp: io.BytesIO, size: int, problems: list[Problem]) -> Image.Image:
         raise _Skip("too small", f"too small: {w}x{h}, expected a short side of at least {size}")
     if any(";16" in str(tile.args) for tile in img.tile):
         problems.append(Problem("16-bit", "16-bit image, scaled to 8 bits"))
-    orientation = img.getexif().get(0x0112, 1) if "exif" in img.info else 1
     if img.format == "JPEG" and short >= 2 * size:
         # Decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), still >= size.
         img.draft(mode, (math.ceil(w * size / short), math.ceil(h * size / short)))
     img.load()
-    img = _centre_crop(_to_rgb(img, problems), size)
-    if orientation in _UNROTATE:
-        img = img.transpose(_UNROTATE[orientation])
-    return img
+    img = ImageOps.exif_transpose(img)  # upright, as kcolor.photo reads photos
+    return _centre_crop(_to_rgb(img, problems), size)
 
 
 def _to_rgb(img: Image.Image, problems: list[Problem]) -> Image.Image:

@@ -360,7 +360,7 @@ def make_bad_inputs(folder: Path) -> dict:
         "gray-rgb.jpg": "grayscale photo (R, G and B equal)",
         "small.jpg": "too small: 8x8, expected a short side of at least 16",
         "text.jpg": "not an image",
-        "truncated.jpg": "corrupt or truncated image",
+        "truncated.jpg": "truncated or corrupt image",
     }
 
 
