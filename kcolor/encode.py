@@ -98,9 +98,34 @@ def _alive(pid: int) -> bool:
 
 # --- the worker ---------------------------------------------------------------
 
-# Set in the parent before forking; the workers inherit it (the tables are shared,
-# not copied, because nothing writes to them).
-STATE: dict = {}
+
+@dataclasses.dataclass(frozen=True)
+class WorkerContext:
+    """What every prep worker reads. Set in the parent before forking (`set_context`):
+    the workers inherit it, and the 64 MB lookup table is shared, not copied (nothing
+    writes to it), which passing it to each worker would not be."""
+
+    tasks: list  # [ShardTask], a worker makes tasks[slot]
+    lut: np.ndarray  # rgbx_lookup(settings.bin_table)
+    settings: object  # kcolor.prep.PrepSettings
+    recipe: dict  # stored in each shard
+    source: str  # the folder the items' paths are relative to
+    display: str  # how problem lines name it
+    out: Path
+    strict: bool
+    done: object  # multiprocessing.RawArray("q"): images done per slot
+    stop: object  # multiprocessing.RawValue("b"): 1 = stop at the next image
+    parent: int  # the parent's PID
+    poll: object = None  # progress callback, in-process runs only
+
+
+CONTEXT: WorkerContext | None = None
+_BUFFERS: tuple | None = None  # a worker's image buffers, reused from shard to shard
+
+
+def set_context(context: WorkerContext | None) -> None:
+    global CONTEXT
+    CONTEXT = context
 
 
 class Stop(Exception):
@@ -113,9 +138,9 @@ class BadInput(Exception):
 
 def make_shard(slot: int) -> dict:
     """Make one shard; return its counts. Runs in a worker (or in-process)."""
-    st = STATE
-    task, size = st["tasks"][slot], st["settings"].size
-    table = color.get_bin_table(st["settings"].bin_table)
+    st = CONTEXT
+    task, size = st.tasks[slot], st.settings.size
+    table = color.get_bin_table(st.settings.bin_table)
     L, bins, index, both = _buffers(len(task.items), size)
     counts = np.zeros(table.size, np.int64)
     labels, paths, lines, kinds = [], [], [], Counter()
@@ -125,15 +150,15 @@ def make_shard(slot: int) -> dict:
     pending: list[Item] = []
 
     def report(item: Item, problem: Problem) -> None:
-        line = f"{st['display']}/{item.rel}: {problem.message}"
-        if st["strict"]:
+        line = f"{st.display}/{item.rel}: {problem.message}"
+        if st.strict:
             raise BadInput(line + " (--strict)")
         lines.append(line + "\n")
         kinds[problem.kind] += 1
 
     def look_up() -> None:
         m = len(pending)
-        found = np.take(st["lut"], index[:m], out=both[:m], mode="wrap")  # (m, S * S)
+        found = np.take(st.lut, index[:m], out=both[:m], mode="wrap")  # (m, S * S)
         keep = np.count_nonzero(found >= COLORED, axis=1) >= GRAY_FRACTION * size * size
         if not keep.all():
             for item in itertools.compress(pending, ~keep):
@@ -149,13 +174,13 @@ def make_shard(slot: int) -> dict:
         pending.clear()
 
     for j, item in enumerate(task.items):
-        if st["stop"].value:
+        if st.stop.value:
             raise Stop
         if item.problem:
             report(item, item.problem)
         else:
             row = index[len(pending)]
-            loaded, problems = load_rgbx(os.path.join(st["source"], item.rel), size, row)
+            loaded, problems = load_rgbx(os.path.join(st.source, item.rel), size, row)
             for problem in problems:
                 report(item, problem)
             if loaded:
@@ -163,14 +188,14 @@ def make_shard(slot: int) -> dict:
                 pending.append(item)
                 if len(pending) == BATCH:
                     look_up()
-        st["done"][slot] = j + 1
-        if st["poll"]:
-            st["poll"]()
+        st.done[slot] = j + 1
+        if st.poll:
+            st.poll()
     if pending:
         look_up()
     k = len(paths)
     shards.write_shard(
-        st["out"] / task.name,
+        st.out / task.name,
         L=L[:k],
         bins=bins[:k],
         label=np.asarray(labels, np.int32),
@@ -179,7 +204,7 @@ def make_shard(slot: int) -> dict:
         split=task.split,
         shard_index=task.index,
         num_shards=task.num_shards,
-        settings=st["settings_json"],
+        settings=st.recipe,
         bin_counts=counts,
         report="".join(lines),
         extra_attrs={"problem_counts": json.dumps(dict(sorted(kinds.items())))},
@@ -190,7 +215,8 @@ def make_shard(slot: int) -> dict:
 def _buffers(n: int, size: int) -> tuple[np.ndarray, ...]:
     """L, bins, colors and lookups for n images, reused from shard to shard: fresh
     memory costs a page fault per page, as much as the lookups themselves."""
-    have = STATE.get("buffers")
+    global _BUFFERS
+    have = _BUFFERS
     if have is None or have[0].shape[0] < n or have[0].shape[1] != size:
         have = (
             np.empty((n, size, size), np.uint8),
@@ -198,7 +224,7 @@ def _buffers(n: int, size: int) -> tuple[np.ndarray, ...]:
             np.empty((BATCH, size * size), np.uint32),
             np.empty((BATCH, size * size), np.uint32),
         )
-        STATE["buffers"] = have
+        _BUFFERS = have
     return have[0][:n], have[1][:n], have[2], have[3]
 
 
@@ -212,5 +238,5 @@ def init_worker() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() != STATE["parent"]:
+    if os.getppid() != CONTEXT.parent:
         os._exit(1)

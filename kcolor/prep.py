@@ -326,11 +326,11 @@ def _run(todo, workers, settings, recipe, source, out, strict, log, progress) ->
             last[0] = time.monotonic()
             progress(sum(done), total)
 
-    encode.STATE.update(
+    context = encode.WorkerContext(
         tasks=todo,
         lut=encode.rgbx_lookup(settings.bin_table),
         settings=settings,
-        settings_json=recipe,
+        recipe=recipe,
         source=str(source),
         display=str(source).rstrip("/") or "/",
         out=out,
@@ -338,13 +338,13 @@ def _run(todo, workers, settings, recipe, source, out, strict, log, progress) ->
         done=done,
         stop=multiprocessing.RawValue("b", 0),
         parent=os.getpid(),
-        poll=None,
     )
+    encode.set_context(context)
     workers = min(workers, len(todo))
     log(f"Making {len(todo)} shards ({total:,} images) with {workers} worker(s)...")
     try:
         if workers == 1:
-            encode.STATE["poll"] = poll
+            encode.set_context(dataclasses.replace(context, poll=poll))
             results = [encode.make_shard(i) for i in range(len(todo))]
         else:
             results = [None] * len(todo)
@@ -361,7 +361,7 @@ def _run(todo, workers, settings, recipe, source, out, strict, log, progress) ->
                             results[r["slot"]] = r
                         poll()
                 except BaseException:
-                    encode.STATE["stop"].value = 1  # workers stop at their next image
+                    context.stop.value = 1  # workers stop at their next image
                     for f in pending:
                         f.cancel()
                     raise
@@ -377,7 +377,7 @@ def _run(todo, workers, settings, recipe, source, out, strict, log, progress) ->
         reason = e.strerror or str(e).splitlines()[0]
         raise PrepError(f"{e.filename or out}: could not write a shard ({reason})") from None
     finally:
-        encode.STATE.clear()
+        encode.set_context(None)
 
 
 def merge_stats(out: Path) -> dict:
