@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kcolor import color, shards
+from kcolor.photo import atomic_write
 from kcolor.sources import GRAY_FRACTION, GRAY_SPREAD, Item, Problem, load_rgbx
 
 BATCH = 32  # images per table lookup (see make_shard)
@@ -75,12 +76,15 @@ def rgbx_lookup(table_name: str) -> np.ndarray:
     try:
         cache.mkdir(parents=True, exist_ok=True)
         for stale in shards.stale_temp_files(cache, path.name):  # 64 MiB each
-            if not _alive(int(stale.name.rsplit(".", 2)[1])):  # else another prep's, in progress
+            pid = int(stale.name[len(path.name) + 2 :].split(".", 1)[0])  # .NAME.PID.tmp...
+            if not _alive(pid):  # else another prep's, in progress
                 stale.unlink(missing_ok=True)
-        tmp = shards.temp_path(path)
-        with open(tmp, "wb") as f:
-            np.save(f, table)
-        os.replace(tmp, path)
+
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, table)
+
+        atomic_write(path, save)
     except OSError:
         pass  # an unwritable cache only costs time
     return table

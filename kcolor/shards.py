@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import h5py
 import numpy as np
 
 from kcolor import color
+from kcolor.photo import atomic_write
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -55,16 +55,11 @@ def parse_shard_name(name: str) -> tuple[str, int, int] | None:
     return (m[1], int(m[2]), int(m[3])) if m else None
 
 
-def temp_path(final: Path) -> Path:
-    """Where `final` is written before its rename; the pid keeps writers apart."""
-    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
-
-
 def stale_temp_files(root: Path, final_name: str | None = None) -> list[Path]:
-    """Temp files (`temp_path`) of `final_name`, or of any file, in `root`: leftovers of
+    """Temp files (kcolor.photo.temp_path) of `final_name`, or of any file, in `root`: leftovers of
     interrupted runs when no other run writes into `root` (see kcolor.lock)."""
     name = re.escape(final_name) if final_name else ".+"
-    pattern = re.compile(rf"^\.{name}\.\d+\.tmp(\.\w+)?$")  # (photo.temp_path adds a suffix)
+    pattern = re.compile(rf"^\.{name}\.\d+\.tmp(\.\w+)?$")
     return sorted(p for p in Path(root).glob(".*.tmp*") if pattern.match(p.name))
 
 
@@ -379,13 +374,10 @@ class WriteError(Exception):
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, then rename it into place."""
-    tmp = temp_path(path)
+    """Write `data` with kcolor's one atomic write (photo.atomic_write); WriteError names
+    the file when it fails (a full disk)."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         reason = e.strerror or str(e).splitlines()[0]
         raise WriteError(f"{path}: could not write it ({reason})") from None
