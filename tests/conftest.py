@@ -79,3 +79,18 @@ def make_photo_dir():
 def make_miniplaces():
     """Factory: make_miniplaces(root, n_train=8, n_val=2, size=32, seed=0) -> root."""
     return write_miniplaces
+
+
+# the smallest fit that trains: a tiny network on 32 px shards (tests of fit and its reliability)
+TINY = dict(width=0.0625, batch_size=4, lr=3e-3, val_images=8, preview_images=2, log_every=2)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    """Shards of a tiny Miniplaces root: 16 train and 4 val photos of 32 px, 6 per shard."""
+    from kcolor import prep
+
+    root = write_miniplaces(tmp_path_factory.mktemp("mini"), n_train=16, n_val=4, size=32)
+    out = tmp_path_factory.mktemp("shards")
+    prep.prepare(root, out, prep.PrepSettings(size=32, shard_size=6), workers=1)
+    return out

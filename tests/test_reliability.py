@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
-from conftest import write_miniplaces, write_photo_dir
+from conftest import TINY, write_photo_dir
 
-from kcolor import cli, lock, model, prep, shards, train
+from kcolor import cli, lock, model, shards, train
 
-TINY = dict(width=0.0625, batch_size=4, lr=3e-3, val_images=8, preview_images=2, log_every=2)
 FIT_FLAGS = ["--width", "0.0625", "--batch-size", "4", "--lr", "3e-3", "--val-images", "8"]
 FIT_FLAGS += ["--preview-images", "2", "--log-every", "2"]  # = TINY
 # what TensorFlow raised when a checkpoint met a full disk (a 3 MB tmpfs)
@@ -29,14 +28,6 @@ DISK_FULL = (
     "device:CPU:0}} run/ckpt/ckpt-6_temp/part-00000-of-00001.data-00000-of-00001.tempstate"
     "16459270549518907387; No space left on device [Op:SaveV2]"
 )
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory):
-    root = write_miniplaces(tmp_path_factory.mktemp("mini"), n_train=16, n_val=4, size=32)
-    out = tmp_path_factory.mktemp("shards")
-    prep.prepare(root, out, prep.PrepSettings(size=32, shard_size=6), workers=1)
-    return out
 
 
 @pytest.fixture(scope="module")

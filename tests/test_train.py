@@ -13,19 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
-from conftest import write_miniplaces
+from conftest import TINY
 
-from kcolor import cli, color, dataset, loss, model, prep, rebalance, shards, train
-
-TINY = dict(width=0.0625, batch_size=4, lr=3e-3, val_images=8, preview_images=2, log_every=2)
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory):
-    root = write_miniplaces(tmp_path_factory.mktemp("mini"), n_train=16, n_val=4, size=32)
-    out = tmp_path_factory.mktemp("shards")
-    prep.prepare(root, out, prep.PrepSettings(size=32, shard_size=6), workers=1)
-    return out
+from kcolor import cli, color, dataset, loss, model, rebalance, shards, train
 
 
 def _cfg(**kw):
