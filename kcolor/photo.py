@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,9 +99,18 @@ def photo_from_image(img: Image.Image, fmt: str | None = None) -> Photo:
 
 
 def open_photo(path: str | os.PathLike) -> Photo:
-    """Decode an image file; raises OSError / UnidentifiedImageError for a bad one."""
-    with Image.open(path) as img:
-        return photo_from_image(img, img.format)
+    """Decode an image file; raises OSError / UnidentifiedImageError for a bad one.
+
+    PIL's warnings about the file (a decompression-bomb-sized photo, a bad EXIF block)
+    are given again naming it: PIL's own do not say which file they are about.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Image.open(path) as img:
+            photo = photo_from_image(img, img.format)
+    for w in caught:
+        warnings.warn(f"{path}: {w.message}", w.category, stacklevel=2)
+    return photo
 
 
 # A pixel counts as coloured when max(R, G, B) - min(R, G, B) exceeds GRAY_SPREAD (of 255;

@@ -162,8 +162,20 @@ def _read_list(source: Path, name: str) -> list[Item]:
             msg = f"{path!r} points outside images/"
             items.append(Item(where, label, Problem("outside root", msg)))
             continue
-        items.append(Item("images/" + "/".join(parts), label))
+        rel = "images/" + "/".join(parts)
+        if not _inside(source, rel):
+            msg = f"{path!r} is a link to outside {source}"
+            items.append(Item(where, label, Problem("outside root", msg)))
+            continue
+        items.append(Item(rel, label))
     return items
+
+
+def _inside(source: Path, rel: str) -> bool:
+    """Whether SOURCE/rel, links followed, stays inside SOURCE (a symlink in images/ may
+    point anywhere: prep reads only the collection it was given)."""
+    real = os.path.realpath(os.path.join(source, rel))
+    return os.path.commonpath([real, os.path.realpath(source)]) == os.path.realpath(source)
 
 
 def _list_folder(source: Path, seed: int, val_fraction: float, exclude: Path | None) -> Listing:
@@ -185,6 +197,10 @@ def _list_folder(source: Path, seed: int, val_fraction: float, exclude: Path | N
                 ignored += 1
                 continue
             rel = name if rel_top == "." else f"{rel_top}/{name}"
+            if not _inside(source, rel):
+                problem = Problem("outside root", f"a link to outside {source}")
+                items["train"].append(Item(rel, -1, problem))
+                continue
             items["val" if is_val(rel, seed, val_fraction) else "train"].append(Item(rel, -1))
     for e in unreadable:
         rel = Path(e.filename).relative_to(source).as_posix()

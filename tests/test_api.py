@@ -145,3 +145,12 @@ def test_colorize_files_writes_outputs_and_reports_failures(colorizer, tmp_path)
     # without out: colorized/ beside the inputs, as `kcolor colorize` does
     written, _ = colorizer.colorize_files([src / "beach-maldives.jpg"])
     assert written == [src / "colorized" / "beach-maldives.jpg"]
+
+
+def test_the_docstring_examples_run(monkeypatch):
+    """kcolor/api.py's examples are doctests (with the bundled model and the demo photos)."""
+    import doctest
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # they read examples/demo/gray
+    result = doctest.testmod(api, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8 and result.failed == 0

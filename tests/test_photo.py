@@ -158,3 +158,10 @@ def test_parallel_saves_create_the_output_folder_once(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError, match="is not a folder"):
         photo.save_image(img, tmp_path / "file" / "a.png", "PNG")
+
+
+def test_pil_warnings_name_the_file(tmp_path, monkeypatch):
+    Image.new("RGB", (40, 30)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,200 pixels: a "bomb" here
+    with pytest.warns(Image.DecompressionBombWarning, match=rf"^{tmp_path / 'big.png'}: "):
+        photo.open_photo(tmp_path / "big.png")

@@ -473,3 +473,21 @@ def test_two_sources_go_into_one_shard_folder(tmp_path):
     result = run_prep(a, a, tmp_path / "out2", "--size", 16)
     assert result.exit_code == 1 and "listed twice" in result.output
     assert not (tmp_path / "out2").exists()
+
+
+def test_links_to_outside_the_source_are_refused(tmp_path):
+    outside = write_photo_dir(tmp_path / "elsewhere", n=1, size=16, nested=False)[0]
+    root = write_miniplaces(tmp_path / "mini", n_train=4, n_val=1, size=16)
+    (root / "images" / "train" / "link.jpg").symlink_to(outside)
+    (root / "train.txt").write_text((root / "train.txt").read_text() + "train/link.jpg 0\n")
+    folder = tmp_path / "folder"
+    write_photo_dir(folder, n=3, size=16, nested=False)
+    (folder / "link.jpg").symlink_to(outside)
+    for src in (root, folder):
+        out = tmp_path / f"out-{src.name}"
+        result = run_prep(src, out, "--size", 16, "--workers", 1)
+        assert result.exit_code == 0, result.output
+        assert "outside root 1" in result.output
+        report = (out / "report.txt").read_text()
+        assert "link.jpg" in report and "a link to outside" in report
+        assert not any("link" in p for d in read_all(out).values() for p in d["path"])
