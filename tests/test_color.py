@@ -106,6 +106,7 @@ def test_quantize_equals_brute_force_argmin(name, rgb_grid):
     np.testing.assert_array_equal(bins[unique], nearest[unique])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", color.BIN_TABLES)
 def test_rgb24_lookup_covers_every_24_bit_color(name):
     table = color.get_bin_table(name)

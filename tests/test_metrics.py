@@ -145,8 +145,8 @@ def test_evaluate_pools_all_pixels_and_uses_the_model_prior(tmp_path):
     prior = np.full(table.size, 1e-3)
     prior[gray_bin] = 1.0  # red is rare
     model.build_model(width=0.0625, input_size=32, prior=prior).save(tmp_path / "m.keras")
-    mostly_gray = np.full((12, 20, 3), 90, np.uint8)  # 239 gray pixels and a red one
-    mostly_gray[0, 0] = rgb
+    mostly_gray = np.full((12, 20, 3), 90, np.uint8)  # 237 gray pixels and 3 red ones
+    mostly_gray[0, :3] = rgb  # (1.25% coloured: not a grayscale photo, which is skipped)
     Image.fromarray(mostly_gray).save(tmp_path / "a_gray.png")
     Image.new("RGB", (10, 10), tuple(int(v) for v in rgb)).save(tmp_path / "b_red.png")  # 100
     paths = sorted(tmp_path.glob("*.png"))
@@ -154,15 +154,15 @@ def test_evaluate_pools_all_pixels_and_uses_the_model_prior(tmp_path):
     assert report["prior"] == "model"
     # the gray baseline: exact on the gray pixels, off by |ab_red| on every red pixel
     a_red = metrics.auc(np.zeros((1, 2)), ab_red[None])
-    a_first = (239 * 100 + a_red) / 240
+    a_first = (237 * 100 + 3 * a_red) / 240
     got = [r["gray"]["auc"] for r in report["images"]]
     assert got == pytest.approx([a_first, a_red], abs=0.05)
     assert report["mean"]["gray"]["auc"] == pytest.approx((a_first + a_red) / 2, abs=0.05)
     pooled = report["all_pixels"]["gray"]
-    assert pooled["auc"] == pytest.approx((239 * 100 + 101 * a_red) / 340, abs=0.05)
+    assert pooled["auc"] == pytest.approx((237 * 100 + 103 * a_red) / 340, abs=0.05)
     w = metrics.class_balance_weights(prior, table)
-    want = (239 * w[gray_bin] * 100 + 101 * w[red_bin] * a_red) / (
-        239 * w[gray_bin] + 101 * w[red_bin]
+    want = (237 * w[gray_bin] * 100 + 103 * w[red_bin] * a_red) / (
+        237 * w[gray_bin] + 103 * w[red_bin]
     )
     assert pooled["auc_rebalanced"] == pytest.approx(want, abs=0.05)
     assert pooled["auc_rebalanced"] < pooled["auc"] - 10  # the rare red pixels count

@@ -43,6 +43,7 @@ def _train_loss(model_path, shard_dir, soft=False):
     return float(np.mean(fn(loss.subsample_bins(bins), logits)))
 
 
+@pytest.mark.slow
 def test_short_fit_lowers_the_loss_and_resumes(shard_dir, tmp_path):
     run = tmp_path / "run"
     first = train.fit(shard_dir, run, _cfg(epochs=1), echo=lambda _m: None)
@@ -63,6 +64,7 @@ def test_short_fit_lowers_the_loss_and_resumes(shard_dir, tmp_path):
     assert list((run / "logs" / "train").iterdir()) and list((run / "logs" / "val").iterdir())
 
 
+@pytest.mark.slow
 def test_soft_targets_fit_lowers_the_soft_loss(shard_dir, tmp_path):
     run = tmp_path / "run"
     first = train.fit(shard_dir, run, _cfg(epochs=1, targets="soft"), echo=lambda _m: None)
@@ -88,6 +90,7 @@ def test_cosine_schedule_warms_up_decays_to_zero_and_is_a_function_of_the_step()
     assert {train.learning_rate(constant, s, 110) for s in (0, 50, 109)} == {1e-3}
 
 
+@pytest.mark.slow
 def test_resumed_cosine_run_continues_the_schedule(shard_dir, tmp_path):
     run = tmp_path / "run"
     cfg = _cfg(epochs=3, lr_schedule="cosine", warmup_steps=2)
