@@ -163,7 +163,7 @@ def _read_list(source: Path, name: str) -> list[Item]:
             items.append(Item(where, label, Problem("outside root", msg)))
             continue
         rel = "images/" + "/".join(parts)
-        if not _inside(source, rel):
+        if not _inside(source / "images", rel[len("images/") :]):
             msg = f"{path!r} is a link to outside {source}"
             items.append(Item(where, label, Problem("outside root", msg)))
             continue
@@ -171,11 +171,12 @@ def _read_list(source: Path, name: str) -> list[Item]:
     return items
 
 
-def _inside(source: Path, rel: str) -> bool:
-    """Whether SOURCE/rel, links followed, stays inside SOURCE (a symlink in images/ may
-    point anywhere: prep reads only the collection it was given)."""
-    real = os.path.realpath(os.path.join(source, rel))
-    return os.path.commonpath([real, os.path.realpath(source)]) == os.path.realpath(source)
+def _inside(folder: Path, rel: str) -> bool:
+    """Whether folder/rel, links followed, stays inside the folder's real location (a
+    symlink in images/ may point anywhere: prep reads only the collection it was given;
+    images/ itself may be a link, as tools/cap_crops.py makes it)."""
+    base = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(os.path.join(folder, rel)), base]) == base
 
 
 def _list_folder(source: Path, seed: int, val_fraction: float, exclude: Path | None) -> Listing:
