@@ -50,7 +50,11 @@ NOISE = 2.0  # sigma of the per-frame noise, in 8-bit levels
 PAN = 2  # px per frame (even: the figures read every 2nd pixel, ab being smooth)
 PATCH, SPEED = 128, 6  # the moving square: side and px per frame
 SMOOTHINGS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
-SCENES = ("beach-maldives.jpg", "mountain-picos-de-europa.jpg", "animal-red-panda.jpg")  # pan, cut to, patch
+SCENES = (
+    "beach-maldives.jpg",
+    "mountain-picos-de-europa.jpg",
+    "animal-red-panda.jpg",
+)  # pan, cut to, patch
 AFTER_CUT = 6  # frames after a cut over which the carry-over is measured
 
 
