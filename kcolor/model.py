@@ -107,6 +107,24 @@ class ColorizerInfo(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kcolor")
+class ResizeLike(keras.layers.Layer):
+    """Bilinear resize of x to the height and width of `like`, read at run time.
+
+    [(B, h, w, C), (B, H, W, *)] -> (B, H, W, C). Keras's UpSampling2D(bilinear), traced at
+    one input side, fails when the same network is called at another in one process
+    (Keras 3.15); the size taken from the tensor works at any side. Same half-pixel
+    bilinear as UpSampling2D's.
+    """
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        x, like = inputs
+        out = tf.image.resize(x, tf.shape(like)[1:3], method="bilinear")
+        return tf.cast(out, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="kcolor")
 class GrayRGB(keras.layers.Layer):
     """L in [0, 100] -> the sRGB gray of that lightness, in [0, 1], as 3 equal channels.
 
@@ -213,7 +231,7 @@ def _effnet_lite0_trunk(L, width: float):
     x = skips[-1]
     for stage, (skip, base) in enumerate(zip(skips[-2::-1], DECODER_CHANNELS, strict=True)):
         ch = _channels(base, width)
-        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up{stage}")(x)
+        x = ResizeLike(name=f"up{stage}")([x, skip])
         x = keras.layers.Concatenate(name=f"skip{stage}")([x, skip])
         for i in range(2):
             x = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False, name=f"dec{stage}_{i}")(

@@ -38,3 +38,12 @@ def test_gray_rgb_is_the_srgb_gray_of_each_lightness():
     rgb = np.asarray(model.GrayRGB()(L))[0, 0]
     want = color.lab_to_rgb(np.stack([L[0, 0, :, 0], 0 * L[0, 0, :, 0], 0 * L[0, 0, :, 0]], -1))
     np.testing.assert_allclose(rgb, want, atol=1e-4)
+
+
+def test_one_network_runs_at_several_sides_in_one_process():
+    """effnet_lite0 at a second input side (Keras's bilinear UpSampling2D, traced at the
+    first side, failed there: the decoder resizes to its skip tensor's size instead)."""
+    net = model.build_model(arch="effnet_lite0", width=0.25, input_size=64, pretrained=False)
+    for side in (64, 96, 32):
+        L = np.full((1, side, side, 1), 50.0, np.float32)
+        assert np.asarray(net.predict_on_batch(L)).shape == (1, side // 4, side // 4, 313)
