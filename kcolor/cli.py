@@ -21,8 +21,7 @@ from pathlib import Path
 import click
 
 from kcolor import __version__, cli_infer
-from kcolor.config import FitConfig
-from kcolor.serve import MAX_UPLOAD_MB
+from kcolor.config import MAX_UPLOAD_MB, FitConfig
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU feature notes) would bury the one-line
 # messages the commands print; users can still ask for it with TF_CPP_MIN_LOG_LEVEL=0.

@@ -24,6 +24,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # `kcolor export`: file formats, and what the exported model outputs
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
 EXPORT_OUTPUTS = ("ab", "bins")
+MAX_UPLOAD_MB = 25  # kcolor serve: default limit of one upload, in MB (10**6 bytes)
 # earlier names of the precisions, still read from old run configs and flags
 PRECISION_ALIASES = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}
 LR_SCHEDULES = ("constant", "cosine")
@@ -100,7 +101,7 @@ def resolve_config(run_dir: Path, config_file: Path | None, overrides: dict) -> 
     """defaults < the run's saved config (resume) < config file < flags."""
     values = dataclasses.asdict(FitConfig())
     saved_path = run_dir / CONFIG_NAME
-    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+    saved = _load_settings(saved_path) if saved_path.is_file() else None
     if saved:
         values.update({k: v for k, v in saved.items() if k in values})
     if config_file is not None:
@@ -121,13 +122,26 @@ def resolve_config(run_dir: Path, config_file: Path | None, overrides: dict) -> 
     return cfg
 
 
-def _read_config_file(path: Path, known: dict) -> dict:
-    if path.suffix == ".toml":
-        import tomllib
+def _load_settings(path: Path) -> dict:
+    """A settings file (TOML for .toml, else JSON) as a dict; a broken one raises a
+    one-line ValueError naming the file."""
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
+    try:
+        if kind == "TOML":
+            import tomllib
 
-        data = tomllib.loads(path.read_text())
-    else:
-        data = json.loads(path.read_text())
+            data = tomllib.loads(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, TOMLDecodeError
+        raise ValueError(f"{path}: not valid {kind}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of settings, got a {type(data).__name__}")
+    return data
+
+
+def _read_config_file(path: Path, known: dict) -> dict:
+    data = _load_settings(path)
     bad = sorted(set(data) - set(known))
     if bad:
         raise ValueError(f"{path}: unknown settings {bad}; expected some of {sorted(known)}")

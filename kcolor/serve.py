@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image
 
 from kcolor import api, infer, photo
+from kcolor.config import MAX_UPLOAD_MB
 
-MAX_UPLOAD_MB = 25  # default limit of one upload, in MB (10**6 bytes)
 MAX_PIXELS = 50_000_000  # larger photos are refused: one would hold the server for minutes
 PNG_LEVEL = 3  # zlib level of the answers: PIL's default 6 takes 3x as long for ~20% less
 PAGE = Path(__file__).with_name("serve_page.html")

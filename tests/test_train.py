@@ -242,6 +242,20 @@ def test_config_precedence_and_frozen_settings(tmp_path):
         train.resolve_config(tmp_path / "new", bad, {})
 
 
+def test_a_broken_settings_file_is_named_in_one_line(tmp_path):
+    for name, text in [("c.json", '{"width": 0.5,'), ("c.toml", "width = ="), ("l.json", "[1]")]:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"^{path}: ") as e:
+            train.resolve_config(tmp_path / "new", path, {})
+        assert "\n" not in str(e.value)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"width": 0.2')  # a saved config damaged by hand
+    with pytest.raises(ValueError, match=f"^{run / 'config.json'}: not valid JSON"):
+        train.resolve_config(run, None, {})
+
+
 @pytest.mark.slow
 def test_two_replicas_give_the_single_device_gradient():
     out = subprocess.run(
