@@ -181,7 +181,7 @@ def histogram_changes(col, clips: dict, cut_at: int) -> dict[str, list[float]]:
     def hist(gray):
         rgb = np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, -1)
         return video.histogram(
-            photo.net_lightness(photo.photo_from_image(Image.fromarray(rgb)), col.side)
+            col.lightness(photo.photo_from_image(Image.fromarray(rgb)))
         )
 
     shots = []

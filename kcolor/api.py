@@ -37,20 +37,34 @@ from kcolor import infer, photo
 ORIENTATION = 0x0112  # EXIF tag of the camera's orientation
 
 
-def load(model=None, *, size=None, decode="annealed", temperature=None, rebalance_strength=None):
+def load(
+    model=None,
+    *,
+    size=None,
+    decode="annealed",
+    temperature=None,
+    rebalance_strength=None,
+    flip=None,
+):
     """Load a model to colorize with.
 
     Args:
         model: a .keras file, a `kcolor fit` run folder, or None for the bundled model.
         size, decode, temperature, rebalance_strength: the defaults of `colorize` and
             `colorize_files`, as `infer.Colorizer` takes them (None: the model's own).
+        flip: average each photo's logits with its mirror image's (None: the model's
+            own choice; `infer.Colorizer`).
     Returns:
         a `Colorizer`.
 
     Raises ValueError (one line) when there is no model or the file is not a kcolor model.
     """
     settings = dict(
-        size=size, decode=decode, temperature=temperature, rebalance_strength=rebalance_strength
+        size=size,
+        decode=decode,
+        temperature=temperature,
+        rebalance_strength=rebalance_strength,
+        flip=flip,
     )
     return Colorizer(infer.load_colorizer(model, **settings))
 
@@ -71,7 +85,7 @@ class Colorizer:
         strength = "as trained" if col.rebalance_strength is None else col.rebalance_strength
         return (
             f"<kcolor Colorizer {col.source}: side {col.side}, {col.decode} T {col.temperature:g}"
-            f", rebalance strength {strength}>"
+            f", rebalance strength {strength}{', flip' if col.flip else ''}>"
         )
 
     def colorize(
@@ -157,6 +171,7 @@ class Colorizer:
                 ),
                 replicas=base.replicas,
                 source=base.source,
+                flip=base.flip,
             )
         return self._variants[key]
 

@@ -33,12 +33,12 @@ def precision_option(**kwargs):
 # --- colorize -------------------------------------------------------------------
 
 MODEL_HELP = "A .keras file (or run folder) from `kcolor fit`.  [default: the bundled model]"
-_SIZE_HELP = "Side the lightness is resized to for the network, rounded to a multiple of 8.  [default: the model's input size]"
+_SIZE_HELP = "Side the lightness is resized to for the network, rounded to a multiple of 8; a smaller photo runs at its own size.  [default: the model's input size]"
 
 
 def _network_options(f):
-    """--model, --size, --decode, --temperature, --rebalance-strength and --batch-size
-    (colorize and evaluate)."""
+    """--model, --size, --decode, --temperature, --rebalance-strength, --flip and
+    --batch-size (colorize and evaluate)."""
     f = click.option(
         "--batch-size",
         type=click.IntRange(min=1),
@@ -63,6 +63,12 @@ def _network_options(f):
         default="annealed",
         show_default=True,
         help="ab from the bin distribution: annealed mean or top bin.",
+    )(f)
+    f = click.option(
+        "--flip/--no-flip",
+        default=None,
+        help="Average the network's output on the photo and on its mirror image (twice "
+        "the work).  [default: the model's]",
     )(f)
     f = click.option("--size", type=click.IntRange(min=1), help=_SIZE_HELP)(f)
     f = precision_option(default="auto", show_default=True)(f)
@@ -323,20 +329,25 @@ def evaluate(truth, recursive, limit, json_path, batch_size, **network):
     help="New default network input side for whole photos (a multiple of 8, or 32 for "
     "effnet_lite0).",
 )
-def decoding(model_path, temperature, rebalance_strength, size):
+@click.option(
+    "--flip/--no-flip",
+    default=None,
+    help="New default: average the output on each photo and on its mirror image, or not.",
+)
+def decoding(model_path, temperature, rebalance_strength, size, flip):
     """Show, or set, the colorizing defaults that MODEL_PATH (a .keras file) records.
 
     `kcolor colorize` and `kcolor evaluate` use them unless given --temperature,
-    --rebalance-strength or --size. Choose them with `kcolor evaluate` on photos the model
+    --rebalance-strength, --size or --flip. Choose them with `kcolor evaluate` on photos the model
     was not trained on.
     """
     from kcolor import model
 
     try:
-        if temperature is None and rebalance_strength is None and size is None:
+        if (temperature, rebalance_strength, size, flip) == (None,) * 4:
             info = model.model_info(model.load_model(model_path))
         else:
-            info = model.set_decoding(model_path, temperature, rebalance_strength, size)
+            info = model.set_decoding(model_path, temperature, rebalance_strength, size, flip)
     except (ValueError, OSError) as e:  # OSError: the file or its folder is not writable
         raise click.ClickException(str(e)) from None
     strength = info["rebalance_strength"]
@@ -345,6 +356,7 @@ def decoding(model_path, temperature, rebalance_strength, size):
         f"{model_path}: temperature {info['temperature']:g}, rebalance strength "
         + ("as trained" if strength is None else f"{strength:g}")
         + f", input side {side}"
+        + (", flip" if info.get("flip") else "")
     )
 
 

@@ -43,7 +43,8 @@ def _score(path, ph: photo.Photo, ab_low, pred_bins, workers: int, colorizer) ->
         "gray": np.asarray(photo.compose(ph, np.zeros((1, 1, 2), np.float32))),
     }
     scores, hist = metrics.score_rgb8(truth, preds, table)
-    tb = metrics.truth_bins(Image.fromarray(truth), colorizer.side, table)
+    side = pred_bins.shape[0] * photo.OUTPUT_STRIDE  # the side this photo ran at
+    tb = metrics.truth_bins(Image.fromarray(truth), side, table)
     gray_bin = table.quantize(np.zeros(2, np.float32))
     top = {"model": pred_bins[: tb.shape[0], : tb.shape[1]], "gray": np.full_like(tb, gray_bin)}
     height, width = truth.shape[:2]
@@ -110,6 +111,7 @@ def evaluate(
         "decode": colorizer.decode,
         "temperature": colorizer.temperature,
         "rebalance_strength": colorizer.rebalance_strength,
+        "flip": colorizer.flip,
         "prior": source,
         "mean": mean,
         "all_pixels": all_pixels,
@@ -227,7 +229,8 @@ def format_table(report: dict) -> str:
             )
             strength = report.get("rebalance_strength")
             rebal = "as trained" if strength is None else f"{strength:g}"
-            lines.append(f"decoding: {how}, rebalance strength {rebal}")
+            flip = ", flip (averaged with the mirror image)" if report.get("flip") else ""
+            lines.append(f"decoding: {how}, rebalance strength {rebal}{flip}")
         lines.append(
             "AuC-rb weights pixels by 1 / prior of their true bin (smoothed as in Zhang et al.); "
             f"prior: {prior[report['prior']]}"

@@ -11,8 +11,9 @@ The exported model maps L to ab, as `infer.Colorizer.predict` does:
         `model.input_multiple(arch)` (8 for eccv16); the model's `input_size` is the side
         it was trained at and the one `kcolor colorize` resizes photos to. effnet_lite0
         models (and any export given `size`) take that one side only.
-    ab: (B, H/4, W/4, 2) float32, the model's recorded decoding (class rebalancing at its
-        recorded strength with its training prior, then the annealed mean at its recorded
+    ab: (B, H/4, W/4, 2) float32, the model's recorded decoding (the logits averaged with
+        the mirror image's where it records `flip`, class rebalancing at its recorded
+        strength with its training prior, then the annealed mean at its recorded
         temperature); upsample it and join it to the photo's own L (kcolor.photo.compose).
     bins (output="bins"): (B, H/4, W/4, Q) float32, the rebalanced bin distribution
         (softmax); softmax(log(bins) / T) @ bin centres is the ab above, its argmax the
@@ -31,7 +32,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from kcolor import infer, rebalance
@@ -109,14 +109,6 @@ def export(model_path, out, fmt: str, output: str = "ab", size=None, **decoding)
 # --- the graph ------------------------------------------------------------------------
 
 
-def _logit_shift(colorizer: infer.Colorizer) -> np.ndarray | None:
-    """(Q,) float32 added to the logits by the colorizer's rebalancing, or None."""
-    if colorizer.rebalance_strength is None:
-        return None
-    zeros = np.zeros(colorizer.table.size, np.float32)
-    return rebalance.rebalance_logits(zeros, *colorizer._weights, colorizer.rebalance_strength)
-
-
 class ServingModule(tf.Module):
     """`serve(L)` is the exported function: {"ab": ...} or {"bins": ...} (shapes in the
     module docstring), the network and decoding of `colorizer`.
@@ -131,7 +123,7 @@ class ServingModule(tf.Module):
         # the model's own call at unknown sides, which some layers cannot take
         self.weights = list(colorizer.net.weights)
         self._colorizer, self._output = colorizer, output
-        self._shift = _logit_shift(colorizer)
+        self._shift = colorizer.logit_shift()
         self.serve = self._trace(None) if any_side else None
         if self.serve is None:
             self.serve = self._trace(colorizer.side)
@@ -150,6 +142,9 @@ class ServingModule(tf.Module):
 
     def _serve(self, L):
         logits = self._colorizer.net(L, training=False)
+        if self._colorizer.flip:  # as Colorizer.logits: the mirror image's, mirrored back
+            mirrored = self._colorizer.net(tf.reverse(L, axis=[2]), training=False)
+            logits = (logits + tf.reverse(mirrored, axis=[2])) / 2
         if self._shift is not None:
             logits = logits + tf.constant(self._shift)
         if self._output == "bins":

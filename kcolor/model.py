@@ -55,6 +55,7 @@ class ColorizerInfo(keras.layers.Layer):
         rebalance_strength=None,
         arch="eccv16",
         photo_side=None,
+        flip=False,
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -73,6 +74,8 @@ class ColorizerInfo(keras.layers.Layer):
         # the network's input side for whole photos (None: input_size), chosen on photos
         # the model was not trained on (`kcolor decoding --size`)
         self.photo_side = None if photo_side is None else int(photo_side)
+        # average the logits of the photo and of its mirror image (`kcolor decoding --flip`)
+        self.flip = bool(flip)
 
     @classmethod
     def from_config(cls, config):
@@ -102,6 +105,7 @@ class ColorizerInfo(keras.layers.Layer):
             rebalance_strength=self.rebalance_strength,
             arch=self.arch,
             photo_side=self.photo_side,
+            flip=self.flip,
         )
         return config
 
@@ -282,10 +286,14 @@ def model_info(net: keras.Model) -> dict:
 
 
 def set_decoding(
-    path: str | os.PathLike, temperature=None, rebalance_strength=None, photo_side=None
+    path: str | os.PathLike,
+    temperature=None,
+    rebalance_strength=None,
+    photo_side=None,
+    flip=None,
 ) -> dict:
-    """Record new colorizing defaults (temperature, rebalance_strength, photo_side) in a
-    saved model.
+    """Record new colorizing defaults (temperature, rebalance_strength, photo_side, flip)
+    in a saved model; None keeps a setting.
 
     The file is rewritten atomically; returns the model's settings afterwards.
     """
@@ -306,6 +314,8 @@ def set_decoding(
         if photo_side < multiple or photo_side % multiple:
             raise ValueError(f"size: expected a multiple of {multiple}, got {photo_side}")
         info.photo_side = int(photo_side)
+    if flip is not None:
+        info.flip = bool(flip)
     export_model(net, path)
     return model_info(net)
 
@@ -383,6 +393,7 @@ def with_precision(net: keras.Model, precision: str) -> keras.Model:
     settings.temperature = info["temperature"]
     settings.rebalance_strength = info["rebalance_strength"]
     settings.photo_side = info.get("photo_side")
+    settings.flip = info.get("flip", False)
     twin.set_weights(net.get_weights())
     return twin
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from kcolor import rebalance
-from kcolor.photo import compose, net_lightness, photo_from_image
+from kcolor.photo import compose, photo_from_image
 
 # measured in benchmarks/video.py (figures in docs/video.md):
 SMOOTHING = 0.6  # default weight of the past in the moving average
@@ -256,7 +256,7 @@ def distribution(colorizer, L: np.ndarray) -> np.ndarray:
     annealed mean (whose ab is linear in it), softmax(logits) for argmax.
 
     Args:
-        L: (B, S, S) float32 lightness in [0, 100], S = colorizer.side.
+        L: (B, S, S) float32 lightness in [0, 100], S = colorizer.side_for(frame size).
     Returns:
         (B, S/4, S/4, Q) float32 probabilities, summing to 1 over the last axis.
     """
@@ -346,7 +346,7 @@ class Smoother:
 def _colorize_batch(colorizer, smoother: Smoother, frames: list, pool) -> list:
     """Decoded frames -> colorized full-size PIL RGB images."""
     photos = list(pool.map(lambda f: photo_from_image(f.to_image()), frames))
-    L = np.stack(list(pool.map(lambda p: net_lightness(p, colorizer.side), photos)))
+    L = np.stack(list(pool.map(colorizer.lightness, photos)))  # one video: one size
     ab = decode(colorizer, smoother(distribution(colorizer, L), L))
     return list(pool.map(compose, photos, ab))
 

@@ -21,7 +21,7 @@ def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("run") / "model.keras"
     model.build_model(width=0.0625, input_size=32, prior=prior).save(path)
     # a decoding other than the defaults, so that the export must read the recorded one
-    model.set_decoding(path, temperature=0.5, rebalance_strength=0.75)
+    model.set_decoding(path, temperature=0.5, rebalance_strength=0.75, flip=True)
     return path
 
 
@@ -65,6 +65,7 @@ def test_each_format_decodes_like_colorizer_predict(
     assert exported.input_shape == (None, None, None, 1)  # any batch, any side
     assert str(exported).endswith("L (?, ?, ?, 1) -> ab (?, ?, ?, 2)")
     assert colorizer.temperature == 0.5 and colorizer.rebalance_strength == 0.75
+    assert colorizer.flip  # the graph must average with the mirror image too
     for L in (lightness, lightness[:1, :24, :]):  # any batch and sides (multiples of 8)
         got = run_exported(fmt, exported.path, L)
         want, _ = colorizer.predict(L)

@@ -61,6 +61,43 @@ def test_colorize_mixed_sizes_in_one_batch(colorizer):
     assert [o.size for o in outs] == [(70, 9), (3, 40)]
 
 
+def test_a_small_photo_runs_at_its_own_size_not_enlarged(model_path):
+    col = infer.load_colorizer(model_path, size=48)
+    assert col.side_for(200, 100) == 48  # larger than the side: scaled down to it
+    assert col.side_for(30, 12) == 32  # smaller: its own long side, rounded up to 8
+    assert col.side_for(3, 2) == 8
+    small = photo.photo_from_image(Image.fromarray(smooth(12, 30)))
+    big = photo.photo_from_image(Image.fromarray(smooth(60, 90)))
+    assert col.lightness(small).shape == (32, 32) and col.lightness(big).shape == (48, 48)
+    # mixed sides in one batch: one network call per side, each photo gets its own result
+    [(ab_s, bins_s), (ab_b, _)] = col.predict_each([col.lightness(small), col.lightness(big)])
+    assert ab_s.shape == (8, 8, 2) and ab_b.shape == (12, 12, 2)
+    alone_ab, alone_bins = col.predict(col.lightness(small)[None])
+    np.testing.assert_allclose(ab_s, alone_ab[0], atol=1e-4)
+    np.testing.assert_array_equal(bins_s, alone_bins[0])
+    assert [o.size for o in col.colorize([small, big])] == [(30, 12), (90, 60)]
+
+
+def test_flip_averages_the_logits_of_the_photo_and_its_mirror(model_path, tmp_path):
+    L = np.stack([color.lightness(smooth(32, 32)), color.lightness(smooth(32, 32, 3)[::-1])])
+    plain, flip = infer.load_colorizer(model_path), infer.load_colorizer(model_path, flip=True)
+    assert not plain.flip and flip.flip
+    mirrored = plain.logits(L[:, :, ::-1])[:, :, ::-1]
+    np.testing.assert_allclose(flip.logits(L), (plain.logits(L) + mirrored) / 2, atol=1e-4)
+    # the mirror image of a photo gets the mirror image of its colors
+    np.testing.assert_allclose(
+        flip.predict(L[:, :, ::-1])[0], flip.predict(L)[0][:, :, ::-1], atol=1e-4
+    )
+    # recorded in the model by `kcolor decoding --flip`, shown, and taken back by --no-flip
+    path = tmp_path / "m.keras"
+    path.write_bytes(model_path.read_bytes())
+    result = CliRunner().invoke(cli.main, ["decoding", str(path), "--flip"])
+    assert result.exit_code == 0 and result.output.rstrip().endswith(", flip")
+    assert infer.load_colorizer(path).flip and not infer.load_colorizer(path, flip=False).flip
+    CliRunner().invoke(cli.main, ["decoding", str(path), "--no-flip"])
+    assert not infer.load_colorizer(path).flip
+
+
 def test_color_and_gray_versions_get_the_same_colors(colorizer):
     # Only the lightness is used: a color photo and a 16-bit gray photo of its L agree.
     rgb = smooth(24, 24)
