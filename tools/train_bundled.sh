@@ -24,4 +24,4 @@ PHOTOS=${PHOTOS:-../shared/data/photos-train}
     --checkpoint-every 500 --val-images 512
 cp "$WORK/runs/bundled/model.keras" kcolor/weights/model.keras
 # decoding and input side chosen on tuning halves (MODEL_CARD.md, "Choosing the decoding")
-"$KCOLOR" decoding kcolor/weights/model.keras --temperature 0.6 --rebalance-strength 0.85 --size 224
+"$KCOLOR" decoding kcolor/weights/model.keras --temperature 0.6 --rebalance-strength 0.8 --size 224 --flip
