@@ -80,6 +80,12 @@ class Colorizer:
         self._base = colorizer
         self._variants = {}  # decoding overrides -> infer.Colorizer on the same network
 
+    @property
+    def side(self) -> int:
+        """The network's input side: a larger photo is resized to it, a smaller one runs
+        at its own size."""
+        return self._base.side
+
     def __repr__(self):
         col = self._base
         strength = "as trained" if col.rebalance_strength is None else col.rebalance_strength

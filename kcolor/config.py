@@ -101,7 +101,7 @@ def resolve_config(run_dir: Path, config_file: Path | None, overrides: dict) -> 
     """defaults < the run's saved config (resume) < config file < flags."""
     values = dataclasses.asdict(FitConfig())
     saved_path = run_dir / CONFIG_NAME
-    saved = _load_settings(saved_path) if saved_path.is_file() else None
+    saved = load_settings(saved_path) if saved_path.is_file() else None
     if saved:
         values.update({k: v for k, v in saved.items() if k in values})
     if config_file is not None:
@@ -122,7 +122,7 @@ def resolve_config(run_dir: Path, config_file: Path | None, overrides: dict) -> 
     return cfg
 
 
-def _load_settings(path: Path) -> dict:
+def load_settings(path: Path) -> dict:
     """A settings file (TOML for .toml, else JSON) as a dict; a broken one raises a
     one-line ValueError naming the file."""
     kind = "TOML" if path.suffix == ".toml" else "JSON"
@@ -141,7 +141,7 @@ def _load_settings(path: Path) -> dict:
 
 
 def _read_config_file(path: Path, known: dict) -> dict:
-    data = _load_settings(path)
+    data = load_settings(path)
     bad = sorted(set(data) - set(known))
     if bad:
         raise ValueError(f"{path}: unknown settings {bad}; expected some of {sorted(known)}")

@@ -107,7 +107,7 @@ def evaluate(
     return {
         "count": len(records),
         "bin_table": colorizer.table.name,
-        "input_size": colorizer.side,
+        "input_size": colorizer.side,  # the largest: a smaller photo ran at its own side
         "decode": colorizer.decode,
         "temperature": colorizer.temperature,
         "rebalance_strength": colorizer.rebalance_strength,

@@ -8,9 +8,9 @@
 The exported model maps L to ab, as `infer.Colorizer.predict` does:
 
     L:  (B, H, W, 1) float32 lightness in [0, 100]; H and W divisible by
-        `model.input_multiple(arch)` (8 for eccv16); the model's `input_size` is the side
-        it was trained at and the one `kcolor colorize` resizes photos to. effnet_lite0
-        models (and any export given `size`) take that one side only.
+        `model.input_multiple(arch)` (8 for eccv16, 32 for effnet_lite0); `kcolor
+        colorize` resizes a photo to `Colorizer.side_for` its size (the model's recorded
+        side, or a smaller photo's own). An export given `size` takes that one side only.
     ab: (B, H/4, W/4, 2) float32, the model's recorded decoding (the logits averaged with
         the mirror image's where it records `flip`, class rebalancing at its recorded
         strength with its training prior, then the annealed mean at its recorded

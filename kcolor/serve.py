@@ -56,10 +56,14 @@ def load_colorizer(model=None, precision: str = "auto") -> infer.Colorizer:
 
 
 def warm_up(colorizer: api.Colorizer) -> float:
-    """Colorize one small gray picture so that the first photo does not pay for the
-    network's first run (graph tracing, memory); returns the seconds it took."""
+    """Colorize two gray pictures so that the first photo does not pay for the network's
+    first runs (graph tracing, memory); returns the seconds it took. One is as large as
+    the model's side, the other smaller (a small photo runs at its own side): after two
+    sides Keras keeps a trace that takes any side."""
     start = time.monotonic()
-    colorizer.colorize(np.full((64, 96), 128, np.uint8))
+    side = colorizer.side
+    for h, w in ((side * 3 // 4, side), (side // 2, side // 2)):
+        colorizer.colorize(np.full((h, w), 128, np.uint8))
     return time.monotonic() - start
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kcolor import dataset, lock, rebalance, rundir, shards
-from kcolor.config import CONFIG_NAME, FitConfig, resolve_config  # noqa: F401 (the fit API)
+from kcolor.config import CONFIG_NAME, FitConfig, load_settings, resolve_config  # noqa: F401 (the fit API)
 from kcolor.rundir import TrainingError
 
 
@@ -207,7 +207,7 @@ def _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo) -
 
     is_chief = out_dir == run_dir
     saved = run_dir / CONFIG_NAME
-    saved_table = json.loads(saved.read_text()).get("bin_table") if saved.is_file() else None
+    saved_table = load_settings(saved).get("bin_table") if saved.is_file() else None
     if saved_table and saved_table != data.table.name:
         raise ValueError(
             f"{shard_dir}: bin table {data.table.name!r} does not match the run's "

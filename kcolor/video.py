@@ -7,7 +7,7 @@
     >>> summary = video.colorize_video(col, "film.mp4", "colorized/film.mp4", smoothing=0.6)
 
 Each frame is colorized as a photo is (kcolor.infer, kcolor.photo): its lightness goes
-through the network at the colorizer's side, and the decoded ab, upsampled, joins the
+through the network at the colorizer's side for its size (`Colorizer.side_for`), and the decoded ab, upsampled, joins the
 frame's own full-resolution L. A network colorizing frame by frame flickers: tiny
 changes in L (noise, compression, a slow pan) tip the predicted distribution between
 hues. So the per-pixel distribution over ab bins, the one the decoding averages, is

@@ -1,14 +1,17 @@
-"""Score a model's decoding settings (temperature x rebalance strength x input side) on
-held-out photos.
+"""Score a model's decoding settings (temperature x rebalance strength x input side x
+flip) on held-out photos.
 
     python tools/sweep_decoding.py MODEL.keras photos.txt --temperatures 0.38,1 \
-        --strengths 0,0.5,1 [--sizes 128,256] [--json sweep.json]
+        --strengths 0,0.5,1 [--sizes 128,256] [--flips 0,1] [--json sweep.json]
+
+A size is the largest input side: photos smaller than it run at their own size, so sizes
+above the photos' own give the same figures (sweep sizes on photos larger than them).
 
 photos.txt lists truth photos, one path a line, that the model was not trained on. For each
 setting it runs `kcolor evaluate`'s scoring (kcolor.evaluate.evaluate) and prints the AuCs
 over all pixels (Zhang et al.'s figures) and the mean colorfulness beside the grayscale
 baseline; pick one and record it with
-`kcolor decoding MODEL.keras --temperature T --rebalance-strength S`. The network runs once
+`kcolor decoding MODEL.keras --temperature T --rebalance-strength S [--size N] [--flip]`. The network runs once
 per setting: the scoring at full resolution costs more than the forward pass.
 """
 
@@ -25,15 +28,19 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def sweep(model_path, paths, temperatures, strengths, sizes=(None,), echo=print) -> list[dict]:
+def sweep(
+    model_path, paths, temperatures, strengths, sizes=(None,), flips=(None,), echo=print
+) -> list[dict]:
     base = infer.load_colorizer(model_path)
     rows = []
-    for size, t, s in ((z, t, s) for z in sizes for t in temperatures for s in strengths):
-        colorizer = infer.Colorizer(base.net, size, temperature=t, rebalance_strength=s)
+    settings = [(z, f, t, s) for z in sizes for f in flips for t in temperatures for s in strengths]
+    for size, flip, t, s in settings:
+        colorizer = infer.Colorizer(base.net, size, temperature=t, rebalance_strength=s, flip=flip)
         report = evaluate.evaluate(paths, colorizer)
         model, gray = report["all_pixels"]["model"], report["all_pixels"]["gray"]
         row = {
-            "size": colorizer.side,
+            "size": colorizer.side,  # the largest side: smaller photos ran at their own
+            "flip": colorizer.flip,
             "temperature": t,
             "rebalance_strength": s,
             "images": report["count"],
@@ -48,7 +55,8 @@ def sweep(model_path, paths, temperatures, strengths, sizes=(None,), echo=print)
         }
         rows.append(row)
         echo(
-            f"side {colorizer.side:<4} T {t:<5g} strength {s:<5g} "
+            f"side <={colorizer.side:<4} {'flip ' if colorizer.flip else ''}T {t:<5g} "
+            f"strength {s:<5g} "
             f"AuC {model['auc']:5.2f} ({model['auc'] - gray['auc']:+.2f} vs gray)  "
             f"AuC-rb {model['auc_rebalanced']:5.2f} "
             f"({model['auc_rebalanced'] - gray['auc_rebalanced']:+.2f})  "
@@ -70,12 +78,18 @@ def main() -> None:
         default=[None],
         help="network input sides (default: the model's)",
     )
+    ap.add_argument(
+        "--flips",
+        type=lambda x: [bool(int(v)) for v in x.split(",")],
+        default=[None],
+        help="0 and/or 1: without / with flip (default: the model's)",
+    )
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args()
     paths = [Path(line.strip()) for line in args.photos.read_text().splitlines() if line.strip()]
     if not paths:
         raise SystemExit(f"{args.photos}: no photo paths")
-    rows = sweep(args.model, paths, args.temperatures, args.strengths, args.sizes)
+    rows = sweep(args.model, paths, args.temperatures, args.strengths, args.sizes, args.flips)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
