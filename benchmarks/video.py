@@ -166,11 +166,13 @@ def smear(net: np.ndarray, net0: np.ndarray) -> float:
     return float(np.mean(out))
 
 
-def settle(net: np.ndarray, net0: np.ndarray, at: int) -> int:
+def settle(net: np.ndarray, net0: np.ndarray, at: int) -> str:
     """Frames from `at` (a change of scene) until the colors are within 10% of the jump of
-    the per-frame ones (net0) at `at`."""
+    the per-frame ones (net0) at `at`; '>N' when they are not within the clip's N frames."""
     jump = dist(net0[at], net0[at - 1])
-    return next(k for k in range(len(net) - at) if dist(net[at + k], net0[at + k]) <= 0.1 * jump)
+    frames = range(len(net) - at)
+    k = next((k for k in frames if dist(net[at + k], net0[at + k]) <= 0.1 * jump), None)
+    return f">{len(frames)}" if k is None else str(k)
 
 
 def histogram_changes(col, clips: dict, cut_at: int) -> dict[str, list[float]]:
@@ -180,9 +182,7 @@ def histogram_changes(col, clips: dict, cut_at: int) -> dict[str, list[float]]:
 
     def hist(gray):
         rgb = np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, -1)
-        return video.histogram(
-            col.lightness(photo.photo_from_image(Image.fromarray(rgb)))
-        )
+        return video.histogram(col.lightness(photo.photo_from_image(Image.fromarray(rgb))))
 
     shots = []
     for name, path in clips.items():
