@@ -8,7 +8,9 @@
 Used by `kcolor colorize` (kcolor.infer) and `kcolor evaluate` (kcolor.metrics).
 Full-resolution work runs in row strips of STRIP_PIXELS, so a 50-megapixel photo
 needs its decoded pixels and its output plus a bounded amount of float temporaries.
-Colors outside the sRGB gamut lose chroma (not lightness) until they fit, so the
+Pixels in a file's embedded ICC colour profile (Adobe RGB, ProPhoto, a gray gamma,
+a CMYK press profile...) are converted to sRGB first (`to_srgb`): kcolor's Lab is
+sRGB's. Colors outside the sRGB gamut lose chroma (not lightness) until they fit, so the
 output's L is the input's (color.lab_to_rgb8; color.lab_to_rgb clips channels instead).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from kcolor import color
 
@@ -74,11 +77,54 @@ class Photo:
         return self.image.size
 
 
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+# modes littleCMS converts here (16-bit gray is read as sRGB's curve: Pillow's ImageCms
+# has no 16-bit gray transform), and the mode each becomes
+_CMS_MODES = {"L": "RGB", "RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB"}
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """`img` with the pixels of its embedded ICC profile converted to sRGB.
+
+    An image without a profile, or whose profile says sRGB, is returned as it is; so is
+    one whose profile cannot be used (damaged, or for another colour space than the
+    mode's): a warning says so and the pixels are read as sRGB. Gray stays gray (mode L).
+    Uses littleCMS through Pillow's ImageCms with relative colorimetric intent and black
+    point compensation: photo editors' default for converting a photo to sRGB.
+    """
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in _CMS_MODES:
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(source).lower():
+            return img
+        out = ImageCms.profileToProfile(
+            img,
+            source,
+            _SRGB,
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            outputMode=_CMS_MODES[img.mode],
+            flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+        )
+    except (OSError, ImageCms.PyCMSError) as e:
+        warnings.warn(f"colour profile not used, pixels read as sRGB ({e})", stacklevel=2)
+        return img
+    if img.mode == "L":
+        out = out.convert("L")  # R = G = B: the gray profile's tone curve, in sRGB's
+    out.info = {k: v for k, v in img.info.items() if k != "icc_profile"}
+    return out
+
+
 def photo_from_image(img: Image.Image, fmt: str | None = None) -> Photo:
-    """Any PIL image (gray, RGB, RGBA, palette, 16-bit, CMYK...) -> a Photo."""
+    """Any PIL image (gray, RGB, RGBA, palette, 16-bit, CMYK...) -> a Photo, in sRGB."""
     img.load()
     ImageOps.exif_transpose(img, in_place=True)  # also drops the orientation tag
     exif = img.info.get("exif") or None
+    if img.mode == "LA" and "icc_profile" in img.info:  # littleCMS converts L, not LA
+        img = Image.merge("LA", (to_srgb(img.convert("L")), img.getchannel("A")))
+    else:
+        img = to_srgb(img)
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
     if img.mode == "1":

@@ -11,9 +11,10 @@ message) pairs that prep reports as `path: message`.
 
 Bad input, decided here: unreadable, missing, corrupt or truncated files, non-images,
 unsupported modes, grayscale photos (modes 1/L/I/F, or RGB with equal channels: they
-teach only 'gray') and photos smaller than the target are skipped. CMYK (converted
-without color management: no ICC), palette, 16-bit (scaled to 8 bits) and alpha
-(dropped) photos are kept and noted. In a folder, files without an image extension
+teach only 'gray') and photos smaller than the target are skipped. A photo with an
+embedded ICC profile is converted to sRGB (kcolor.photo.to_srgb). CMYK without a
+profile (converted without color management), palette, 16-bit (scaled to 8 bits) and
+alpha (dropped) photos are kept and noted. In a folder, files without an image extension
 (README, CREDITS.md) are ignored and only counted; hidden files and folders are skipped.
 """
 
@@ -32,7 +33,13 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
 
-from kcolor.photo import GRAY_FRACTION, GRAY_SPREAD, READ_SUFFIXES, describe_error  # noqa: F401 (prep's rule, with encode)
+from kcolor.photo import (  # noqa: F401 (GRAY_*: prep's rule, with encode)
+    GRAY_FRACTION,
+    GRAY_SPREAD,
+    READ_SUFFIXES,
+    describe_error,
+    to_srgb,
+)
 
 # Kinds of problem: SKIP drops the image, NOTE converts it and keeps it.
 SKIP_KINDS = (
@@ -252,7 +259,8 @@ def load_rgbx(path: Path, size: int, out: np.ndarray) -> tuple[bool, list[Proble
     data = _read(path)
     if isinstance(data, Problem):
         return False, [data]
-    if data[:2] == b"\xff\xd8" and b"Exif\0\0" not in data:  # EXIF may rotate: PIL's job
+    # EXIF may rotate and an ICC profile needs converting to sRGB: PIL's job
+    if data[:2] == b"\xff\xd8" and b"Exif\0\0" not in data and b"ICC_PROFILE\0" not in data:
         try:
             h, w, space, _ = simplejpeg.decode_jpeg_header(data)
             if h == w == size and space in ("YCbCr", "RGB"):
@@ -311,6 +319,7 @@ def _decode(fp: io.BytesIO, size: int, problems: list[Problem]) -> Image.Image:
         img.draft(mode, (math.ceil(w * size / short), math.ceil(h * size / short)))
     img.load()
     img = ImageOps.exif_transpose(img)  # upright, as kcolor.photo reads photos
+    img = to_srgb(img)  # an embedded ICC profile's pixels to sRGB, as kcolor.photo does
     return _centre_crop(_to_rgb(img, problems), size)
 
 

@@ -94,3 +94,61 @@ def shard_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     prep.prepare(root, out, prep.PrepSettings(size=32, shard_size=6), workers=1)
     return out
+
+
+def icc_profile(space: str, gamma: float, colorants=None) -> bytes:
+    """A minimal ICC v2 display profile: 'GRAY' (a tone curve) or 'RGB ' (three D50
+    colorants and one tone curve). Written here because Pillow can only create sRGB, Lab
+    and XYZ profiles, and tests need others (a wide gamut, a linear gray)."""
+    import struct
+
+    def s15(x):
+        return struct.pack(">i", round(x * 65536))
+
+    def xyz(x, y, z):
+        return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
+
+    name = b"test " + space.strip().encode() + b" gamma %g" % gamma
+    desc = (
+        b"desc\0\0\0\0"
+        + struct.pack(">I", len(name) + 1)
+        + name
+        + b"\0"
+        + bytes(4 + 4 + 2 + 1 + 67)
+    )
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249))]
+    if space == "GRAY":
+        tags.append((b"kTRC", curve))
+    else:
+        for sig, c in zip((b"rXYZ", b"gXYZ", b"bXYZ"), colorants, strict=True):
+            tags.append((sig, xyz(*c)))
+        tags += [(b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        body += bytes(-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (
+        struct.pack(">II", size, 0)
+        + bytes([2, 0x10, 0, 0])
+        + b"mntr"
+        + space.encode()
+        + b"XYZ "
+        + bytes(12)
+        + b"acsp"
+        + bytes(4 + 4 + 4 + 4 + 8 + 4)
+        + s15(0.9642)
+        + s15(1.0)
+        + s15(0.8249)
+        + bytes(4 + 16 + 28)
+    )
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+# D50-adapted colorants (the ICC's PCS) of sRGB's and Adobe RGB (1998)'s primaries
+SRGB_COLORANTS = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+ADOBE_COLORANTS = ((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446))

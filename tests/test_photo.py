@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from conftest import ADOBE_COLORANTS, SRGB_COLORANTS, icc_profile
+from PIL import Image, ImageCms
 
 from kcolor import color, photo
 
@@ -165,3 +166,61 @@ def test_pil_warnings_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,200 pixels: a "bomb" here
     with pytest.warns(Image.DecompressionBombWarning, match=rf"^{tmp_path / 'big.png'}: "):
         photo.open_photo(tmp_path / "big.png")
+
+
+def srgb_encode(values):
+    """Linear [0, 255] -> sRGB-encoded [0, 255] (IEC 61966-2-1)."""
+    v = np.asarray(values, np.float64) / 255
+    return 255 * np.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1 / 2.4) - 0.055)
+
+
+def tagged(array, profile):
+    img = Image.fromarray(np.asarray(array, np.uint8))
+    img.info["icc_profile"] = profile
+    return img
+
+
+def test_embedded_colour_profiles_are_converted_to_srgb(tmp_path):
+    # linear gray and linear-light sRGB primaries: sRGB's own curve gives the answer
+    gray = np.array([[0, 30, 128, 255]])
+    out = photo.photo_from_image(tagged(gray, icc_profile("GRAY", 1.0)))
+    assert out.image.mode == "L" and "icc_profile" not in out.image.info
+    np.testing.assert_allclose(np.asarray(out.image), srgb_encode(gray), atol=1)
+    rgb = np.array([[[128, 64, 200], [10, 250, 90]]])
+    path = tmp_path / "linear.png"
+    tagged(rgb, icc_profile("RGB ", 1.0, SRGB_COLORANTS)).save(
+        path, icc_profile=icc_profile("RGB ", 1.0, SRGB_COLORANTS)
+    )
+    np.testing.assert_allclose(np.asarray(photo.open_photo(path).image), srgb_encode(rgb), atol=1)
+    # Adobe RGB's green is beyond sRGB's: read as sRGB it would look duller
+    adobe = np.array([[[30, 200, 40], [200, 60, 60]]])
+    converted = photo.photo_from_image(
+        tagged(adobe, icc_profile("RGB ", 563 / 256, ADOBE_COLORANTS))
+    )
+    lab, naive = (
+        color.rgb_to_lab(np.asarray(converted.image)),
+        color.rgb_to_lab(adobe.astype(np.uint8)),
+    )
+    assert (np.hypot(lab[..., 1], lab[..., 2]) > np.hypot(naive[..., 1], naive[..., 2]) + 5).all()
+    # gray with alpha: the profile converts the gray, the alpha is kept
+    la = Image.merge("LA", (Image.fromarray(gray.astype(np.uint8)), Image.new("L", (4, 1), 77)))
+    la.info["icc_profile"] = icc_profile("GRAY", 1.0)
+    out = photo.photo_from_image(la)
+    np.testing.assert_allclose(np.asarray(out.image), srgb_encode(gray), atol=1)
+    assert np.asarray(out.alpha).tolist() == [[77] * 4]
+
+
+def test_srgb_missing_and_unusable_profiles_leave_pixels_as_they_are(tmp_path):
+    rgb = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for profile in (None, srgb):
+        img = tagged(rgb, profile) if profile else Image.fromarray(rgb)
+        np.testing.assert_array_equal(np.asarray(photo.photo_from_image(img).image), rgb)
+    for name, profile in [("damaged", b"not a profile"), ("gray", icc_profile("GRAY", 1.0))]:
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(rgb).save(path, icc_profile=profile)
+        with pytest.warns(
+            UserWarning, match=rf"^{path}: colour profile not used, pixels read as sRGB"
+        ):
+            got = photo.open_photo(path)
+        np.testing.assert_array_equal(np.asarray(got.image), rgb)

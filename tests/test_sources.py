@@ -4,10 +4,10 @@ import io
 
 import numpy as np
 import pytest
-from conftest import smooth_photo
+from conftest import ADOBE_COLORANTS, icc_profile, smooth_photo
 from PIL import Image
 
-from kcolor import sources
+from kcolor import photo, sources
 
 SIZE = 32
 
@@ -80,3 +80,17 @@ def test_bad_jpegs_get_the_same_problems_as_with_pil(tmp_path):
         loaded, problems = sources.load_rgbx(path, SIZE, np.zeros(SIZE * SIZE, np.uint32))
         assert not loaded and problems == sources.load_photo(path, SIZE)[1], name
         assert problems[-1].kind == kind, (name, problems)
+
+
+def test_a_jpeg_with_a_colour_profile_is_converted_to_srgb(tmp_path):
+    rgb = smooth_photo(np.random.default_rng(3), SIZE)
+    adobe = icc_profile("RGB ", 563 / 256, ADOBE_COLORANTS)
+    path = jpeg(tmp_path / "adobe.jpg", rgb, quality=95, icc_profile=adobe)
+    out = np.zeros(SIZE * SIZE, np.uint32)
+    assert sources.load_rgbx(path, SIZE, out) == (True, [])  # not the fast path: it ignores ICC
+    with Image.open(path) as img:
+        naive = np.asarray(img.convert("RGB"))
+        want = np.asarray(photo.to_srgb(img))
+    got = out.view(np.uint8).reshape(SIZE, SIZE, 4)[..., :3]
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(got.astype(int) - naive).max() > 10
