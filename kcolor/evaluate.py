@@ -28,6 +28,8 @@ from kcolor import infer, metrics, photo
 from kcolor.metrics import AUC_MAX_THRESHOLD, METRICS
 
 SKIPPED_GRAY = "grayscale photo: no colors to score against (skipped)"
+# the pooled AuCs' lead over gray gets a bootstrap interval holding this central fraction
+INTERVAL_LEVEL = 0.95
 
 
 def _score(path, ph: photo.Photo, ab_low, pred_bins, workers: int, colorizer) -> dict | None:
@@ -80,7 +82,10 @@ def evaluate(
         and "mean" (of the records), has "model" and "gray" dicts of METRICS (AuC, top-1
         in %), and records also "truth_colorfulness", "image", "width", "height".
         "all_pixels" has "model" and "gray" dicts of "auc" and "auc_rebalanced" over the
-        pooled pixels of all photos (Zhang et al.'s Table 1 figures).
+        pooled pixels of all photos (Zhang et al.'s Table 1 figures) and, for 2+ photos,
+        "interval": {"auc": (low, high), "auc_rebalanced": (low, high), "level": 0.95,
+        "unit": "photo"}, a bootstrap interval of model - gray resampling the photos
+        (`metrics.pooled_auc_interval`).
     """
     scored, skipped = [], []
 
@@ -137,13 +142,17 @@ def _rebalanced_aucs(scored: list[dict], colorizer) -> tuple[dict, str]:
         prior, source = counts.reshape(table.size, -1).sum(1), "truth"
     weights = metrics.class_balance_weights(prior, table) if scored else None
     pooled = {k: np.zeros((table.size, width), np.int64) for k in ("model", "gray")}
-    for s in scored:
+    # each photo's counts by error, plain and weighted: what the bootstrap resamples
+    per_photo = {(k, w): np.zeros((len(scored), width)) for k in pooled for w in (0, 1)}
+    for i, s in enumerate(scored):
         for k, (idx, cnt) in s["hist"].items():
             dense = np.zeros(table.size * width, np.int64)
             dense[idx] = cnt
             dense = dense.reshape(table.size, -1)
             pooled[k] += dense
             s["record"][k]["auc_rebalanced"] = metrics.auc_from_histogram(dense, weights)
+            per_photo[k, 0][i] = dense.sum(0)
+            per_photo[k, 1][i] = (dense * weights[:, None]).sum(0)
     all_pixels = {
         k: {
             "auc": metrics.auc_from_histogram(h),
@@ -151,6 +160,13 @@ def _rebalanced_aucs(scored: list[dict], colorizer) -> tuple[dict, str]:
         }
         for k, h in pooled.items()
     }
+    if len(scored) >= 2:
+        all_pixels["interval"] = {"level": INTERVAL_LEVEL, "unit": "photo"} | {
+            name: metrics.pooled_auc_interval(
+                per_photo["model", w], per_photo["gray", w], INTERVAL_LEVEL
+            )
+            for name, w in (("auc", 0), ("auc_rebalanced", 1))
+        }
     return all_pixels, source
 
 
@@ -210,8 +226,9 @@ def format_table(report: dict) -> str:
     lines += [row(short(r["image"]), r) for r in report["images"]]
     if report["images"]:
         lines.append(row(f"mean of {report['count']}", report["mean"]))
-        if report.get("all_pixels"):
-            auc_only = {k: dict.fromkeys(METRICS) | v for k, v in report["all_pixels"].items()}
+        pooled = report.get("all_pixels")
+        if pooled:
+            auc_only = {k: dict.fromkeys(METRICS) | pooled[k] for k in ("model", "gray")}
             lines.append(row("all pixels", auc_only))
         c = report["mean"]["truth_colorfulness"]
         prior = {
@@ -236,4 +253,16 @@ def format_table(report: dict) -> str:
             f"prior: {prior[report['prior']]}"
         )
         lines.append("all pixels: AuCs over the pooled pixels of all photos, as in Zhang et al.")
+        if pooled and pooled.get("interval"):
+            iv = pooled["interval"]
+            lead = [
+                f"{title} {pooled['model'][k] - pooled['gray'][k]:+.2f} "
+                f"({iv[k][0]:+.2f} to {iv[k][1]:+.2f})"
+                for k, title in (("auc", "AuC"), ("auc_rebalanced", "AuC-rb"))
+            ]
+            lines.append(
+                f"all pixels, model - gray: {', '.join(lead)}: {100 * iv['level']:g}% bootstrap "
+                f"intervals over the {report['count']} photos (too narrow if some are crops "
+                "of one photo)"
+            )
     return "\n".join(lines)

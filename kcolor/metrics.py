@@ -68,6 +68,34 @@ def auc_from_histogram(hist: np.ndarray, bin_weights=None) -> float:
     return float(100.0 * area / AUC_MAX_THRESHOLD)
 
 
+def pooled_auc_interval(
+    model: np.ndarray, gray: np.ndarray, level: float = 0.95, draws: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap interval of the pooled AuC difference model - gray, resampling photos.
+
+    Args:
+        model, gray: (N, T + 2) per photo: its (weighted) pixel counts by error, the
+            column sums of its `error_histogram` (times the bin weights for AuC-rb).
+        level: the central fraction of the resampled differences the interval holds.
+    Returns:
+        (low, high) in AuC points. Photos are the unit: it assumes they are independent,
+        so for several crops of one photo it is too narrow. Seeded: the same photos give
+        the same interval.
+    """
+    n = len(model)
+    picks = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws)
+    diff = _auc_rows(picks @ model) - _auc_rows(picks @ gray)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diff, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _auc_rows(per_t: np.ndarray) -> np.ndarray:
+    """`auc_from_histogram` of each row of (B, T + 2) counts by error."""
+    curve = np.cumsum(per_t, 1)[:, : AUC_MAX_THRESHOLD + 1] / per_t.sum(1, keepdims=True)
+    return 100.0 * (curve[:, :-1] + curve[:, 1:]).sum(1) / 2 / AUC_MAX_THRESHOLD
+
+
 def auc(ab_pred, ab_true, weights=None) -> float:
     """AuC in % of per-pixel L2 ab errors; weights: (...) per-pixel weights or None.
 

@@ -67,6 +67,31 @@ def test_class_balance_weights_are_the_inverse_smoothed_prior():
             metrics.class_balance_weights(bad, table)
 
 
+def test_pooled_auc_interval_brackets_the_lead_and_narrows_with_more_photos():
+    rng = np.random.default_rng(0)
+    width = metrics.AUC_MAX_THRESHOLD + 2
+
+    def photos(n, mean_err):  # counts by error: each photo's errors around its own level
+        errs = rng.normal(mean_err, 8, (n, 1)).clip(0) + rng.exponential(6, (n, 200))
+        return np.stack(
+            [np.bincount(np.minimum(e.astype(int), width - 1), minlength=width) for e in errs]
+        )
+
+    model, gray = photos(100, 20), photos(100, 30)
+    lead = metrics._auc_rows(model.sum(0, keepdims=True)) - metrics._auc_rows(
+        gray.sum(0, keepdims=True)
+    )
+    low, high = metrics.pooled_auc_interval(model, gray)
+    assert low < lead[0] < high and 0 < low  # model's errors are smaller: a clear lead
+    assert metrics.pooled_auc_interval(model, gray) == (low, high)  # seeded
+    low4, high4 = metrics.pooled_auc_interval(np.tile(model, (4, 1)), np.tile(gray, (4, 1)))
+    assert 0.4 < (high4 - low4) / (high - low) < 0.6  # 4x the photos: about half as wide
+    same = np.tile(model[:1], (50, 1))  # identical photos: every resample pools the same
+    one = float((metrics._auc_rows(model[:1]) - metrics._auc_rows(gray[:1]))[0])
+    got = metrics.pooled_auc_interval(same, np.tile(gray[:1], (50, 1)))
+    assert got == pytest.approx((one, one))
+
+
 def test_psnr_ssim():
     a = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     b = np.clip(a.astype(int) + RNG.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
@@ -166,6 +191,12 @@ def test_evaluate_pools_all_pixels_and_uses_the_model_prior(tmp_path):
     )
     assert pooled["auc_rebalanced"] == pytest.approx(want, abs=0.05)
     assert pooled["auc_rebalanced"] < pooled["auc"] - 10  # the rare red pixels count
+    iv = report["all_pixels"]["interval"]
+    assert iv["level"] == 0.95 and iv["unit"] == "photo"
+    for k in ("auc", "auc_rebalanced"):
+        lead = report["all_pixels"]["model"][k] - pooled[k]
+        assert iv[k][0] <= lead <= iv[k][1]
+    assert "95% bootstrap intervals over the 2 photos" in evaluate.format_table(report)
     row = next(
         ln for ln in evaluate.format_table(report).splitlines() if ln.startswith("all pixels")
     )

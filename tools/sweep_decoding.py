@@ -52,6 +52,8 @@ def sweep(
             "auc_rebalanced_image_mean_gray": report["mean"]["gray"]["auc_rebalanced"],
             "colorfulness": report["mean"]["model"]["colorfulness"],
             "colorfulness_truth": report["mean"]["truth_colorfulness"],
+            # 95% bootstrap intervals of the pooled AuCs' lead over gray (kcolor.evaluate)
+            "interval": report["all_pixels"].get("interval"),
         }
         rows.append(row)
         echo(
