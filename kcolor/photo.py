@@ -121,14 +121,14 @@ def photo_from_image(img: Image.Image, fmt: str | None = None) -> Photo:
     img.load()
     ImageOps.exif_transpose(img, in_place=True)  # also drops the orientation tag
     exif = img.info.get("exif") or None
-    if img.mode == "LA" and "icc_profile" in img.info:  # littleCMS converts L, not LA
-        img = Image.merge("LA", (to_srgb(img.convert("L")), img.getchannel("A")))
-    else:
-        img = to_srgb(img)
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
     if img.mode == "1":
         img = img.convert("L")
+    if img.mode == "LA" and "icc_profile" in img.info:  # littleCMS converts L, not LA
+        img = Image.merge("LA", (to_srgb(img.convert("L")), img.getchannel("A")))
+    else:
+        img = to_srgb(img)
     if img.mode.startswith("I;16"):
         img = Image.fromarray(np.asarray(img).astype(np.uint16))  # native byte order
     elif img.mode in ("I", "F"):  # 32-bit int: 16-bit range; float: [0, 1]

@@ -202,6 +202,15 @@ def test_embedded_colour_profiles_are_converted_to_srgb(tmp_path):
         color.rgb_to_lab(adobe.astype(np.uint8)),
     )
     assert (np.hypot(lab[..., 1], lab[..., 2]) > np.hypot(naive[..., 1], naive[..., 2]) + 5).all()
+    # a palette photo's colours and an RGBA photo's too, its alpha kept
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([128, 64, 200] * 256)
+    pal.info["icc_profile"] = icc_profile("RGB ", 1.0, SRGB_COLORANTS)
+    rgba = tagged([[[128, 64, 200, 77]]], icc_profile("RGB ", 1.0, SRGB_COLORANTS))
+    for img in (pal, rgba):
+        out = photo.photo_from_image(img)
+        np.testing.assert_allclose(out.image.getpixel((0, 0)), srgb_encode([128, 64, 200]), atol=1)
+    assert out.alpha.getpixel((0, 0)) == 77
     # gray with alpha: the profile converts the gray, the alpha is kept
     la = Image.merge("LA", (Image.fromarray(gray.astype(np.uint8)), Image.new("L", (4, 1), 77)))
     la.info["icc_profile"] = icc_profile("GRAY", 1.0)
