@@ -1,10 +1,13 @@
 """The network's shapes and saved settings, and the rebalanced loss."""
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -103,6 +106,27 @@ def test_the_command_line_prints_the_warning_in_one_line(tmp_path):
     ]
     # nothing of the warning's source is printed under it
     assert "warnings.warn" not in done.stderr and "from_config" not in done.stderr
+
+
+def test_tools_average_weights_means_the_weights_and_keeps_the_first_settings(tmp_path):
+    spec = importlib.util.spec_from_file_location("average_weights", "tools/average_weights.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    paths = []
+    for seed, temperature in ((1, 0.5), (2, 0.9)):
+        keras.utils.set_random_seed(seed)
+        net = model.build_model(width=0.0625, input_size=32, prior=np.ones(313))
+        net.get_layer("kcolor_info").temperature = temperature
+        paths.append(tmp_path / f"m{seed}.keras")
+        model.export_model(net, paths[-1])
+    nets = [model.load_model(p) for p in paths] + [tool.average(paths)]
+    for a, b, mean in zip(*(n.get_weights() for n in nets), strict=True):
+        np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6, atol=1e-7)
+    assert model.model_info(nets[2])["temperature"] == 0.5
+    model.build_model(width=0.125, input_size=32).save(tmp_path / "wide.keras")
+    want = f"{tmp_path / 'wide.keras'}: width 0.125, but {paths[0]} has 0.0625"
+    with pytest.raises(SystemExit, match=f"^{re.escape(want)}$"):
+        tool.average([paths[0], tmp_path / "wide.keras"])
 
 
 def test_not_a_kcolor_model(tmp_path):
