@@ -63,9 +63,7 @@ def auc_from_histogram(hist: np.ndarray, bin_weights=None) -> float:
     per_t = hist.sum(0)
     if per_t.sum() <= 0:
         return float("nan")
-    curve = np.cumsum(per_t)[: AUC_MAX_THRESHOLD + 1] / per_t.sum()  # fraction <= t
-    area = (curve[:-1] + curve[1:]).sum() / 2  # trapezoids of width 1
-    return float(100.0 * area / AUC_MAX_THRESHOLD)
+    return float(_auc_rows(per_t[None])[0])
 
 
 def pooled_auc_interval(
@@ -91,9 +89,10 @@ def pooled_auc_interval(
 
 
 def _auc_rows(per_t: np.ndarray) -> np.ndarray:
-    """`auc_from_histogram` of each row of (B, T + 2) counts by error."""
+    """AuC in % of each row of (B, T + 2) counts by error (rows with pixels)."""
     curve = np.cumsum(per_t, 1)[:, : AUC_MAX_THRESHOLD + 1] / per_t.sum(1, keepdims=True)
-    return 100.0 * (curve[:, :-1] + curve[:, 1:]).sum(1) / 2 / AUC_MAX_THRESHOLD
+    area = (curve[:, :-1] + curve[:, 1:]).sum(1) / 2  # trapezoids of width 1, up to T
+    return 100.0 * area / AUC_MAX_THRESHOLD
 
 
 def auc(ab_pred, ab_true, weights=None) -> float:

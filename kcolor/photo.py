@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import warnings
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from kcolor import color
 
@@ -78,42 +79,84 @@ class Photo:
 
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-# modes littleCMS converts here (16-bit gray is read as sRGB's curve: Pillow's ImageCms
-# has no 16-bit gray transform), and the mode each becomes
-_CMS_MODES = {"L": "RGB", "RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB"}
+# modes converted here and the mode littleCMS writes for each (gray goes through a tone
+# curve measured on the 8-bit levels: Pillow's ImageCms has no 16-bit transforms)
+_CMS_MODES = {"L": "RGB", "I;16": "RGB", "RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB"}
+_RAMP = np.arange(256, dtype=np.uint8)[None]  # every 8-bit gray level
+_GRID = np.stack(np.meshgrid(*[np.linspace(0, 255, 6, dtype=np.uint8)] * 3), -1).reshape(1, -1, 3)
+EXIF_COLOR_SPACE = 0xA001  # the EXIF IFD's ColorSpace tag: 1 = sRGB
+
+
+@functools.lru_cache(maxsize=16)
+def _conversion(icc: bytes, mode: str) -> np.ndarray | ImageCms.ImageCmsTransform | None:
+    """How to convert `mode` pixels from the profile `icc` to sRGB: for gray (L, I;16) the
+    sRGB level of each of the 256 8-bit levels, for colour littleCMS's transform; None
+    when it moves no gray level (colour of a 6x6x6 grid) by more than one level: an sRGB
+    profile in effect, whatever its name says. Raises OSError or ImageCms.PyCMSError for
+    a profile that cannot be used."""
+    gray = mode in ("L", "I;16")
+    flags = ImageCms.Flags.BLACKPOINTCOMPENSATION
+    if gray:  # littleCMS's optimized 8-bit gray transform is off by up to 10 levels near
+        flags |= ImageCms.Flags.NOOPTIMIZE  # black (measured); here it runs on 256 pixels
+    transform = ImageCms.buildTransform(
+        ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+        _SRGB,
+        "L" if gray else mode,
+        _CMS_MODES[mode],
+        ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        flags=flags,
+    )
+    if mode == "CMYK":
+        return transform
+    probe = Image.fromarray(_RAMP if gray else _GRID).convert("L" if gray else mode)
+    moved = np.asarray(ImageCms.applyTransform(probe, transform), np.int16)[..., :3]
+    if np.abs(moved - (_RAMP[..., None] if gray else _GRID)).max() <= 1:
+        return None
+    return moved[0, :, 0] if gray else transform
 
 
 def to_srgb(img: Image.Image) -> Image.Image:
     """`img` with the pixels of its embedded ICC profile converted to sRGB.
 
-    An image without a profile, or whose profile says sRGB, is returned as it is; so is
-    one whose profile cannot be used (damaged, or for another colour space than the
-    mode's): a warning says so and the pixels are read as sRGB. Gray stays gray (mode L).
-    Uses littleCMS through Pillow's ImageCms with relative colorimetric intent and black
-    point compensation: photo editors' default for converting a photo to sRGB.
+    Modes L, I;16, RGB, RGBA (alpha kept) and CMYK; gray stays gray. An image without a
+    profile, or whose profile is sRGB's in effect, is returned as it is; so is one whose
+    profile cannot be used (damaged, or for another colour space than the mode's), with a
+    warning. Uses littleCMS through Pillow's ImageCms with relative colorimetric intent
+    and black point compensation: photo editors' default for converting a photo to sRGB.
+    16-bit gray follows the profile's tone curve measured at the 256 8-bit levels and
+    interpolated between them (within half an 8-bit level).
     """
     icc = img.info.get("icc_profile")
     if not icc or img.mode not in _CMS_MODES:
         return img
     try:
-        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if "srgb" in ImageCms.getProfileDescription(source).lower():
-            return img
-        out = ImageCms.profileToProfile(
-            img,
-            source,
-            _SRGB,
-            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
-            outputMode=_CMS_MODES[img.mode],
-            flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
-        )
+        conversion = _conversion(icc, img.mode)
     except (OSError, ImageCms.PyCMSError) as e:
-        warnings.warn(f"colour profile not used, pixels read as sRGB ({e})", stacklevel=2)
+        how = "converted without it" if img.mode == "CMYK" else "pixels read as sRGB"
+        warnings.warn(f"colour profile not used, {how} ({e})", stacklevel=2)
+        return img
+    if conversion is None:
         return img
     if img.mode == "L":
-        out = out.convert("L")  # R = G = B: the gray profile's tone curve, in sRGB's
+        out = img.point(conversion.tolist())
+    elif img.mode == "I;16":
+        values = np.interp(np.asarray(img, np.float64), _RAMP[0] * 257.0, conversion * 257.0)
+        out = Image.fromarray(np.rint(values).astype(np.uint16))
+    else:
+        out = ImageCms.applyTransform(img, conversion)
     out.info = {k: v for k, v in img.info.items() if k != "icc_profile"}
     return out
+
+
+def _exif_in_srgb(exif: bytes) -> bytes:
+    """The EXIF block with its ColorSpace saying sRGB (the pixels were converted to it)."""
+    block = Image.Exif()
+    block.load(exif)
+    ifd = block.get_ifd(ExifTags.IFD.Exif)
+    if ifd.get(EXIF_COLOR_SPACE, 1) == 1:
+        return exif
+    ifd[EXIF_COLOR_SPACE] = 1
+    return block.tobytes()
 
 
 def photo_from_image(img: Image.Image, fmt: str | None = None) -> Photo:
@@ -121,20 +164,25 @@ def photo_from_image(img: Image.Image, fmt: str | None = None) -> Photo:
     img.load()
     ImageOps.exif_transpose(img, in_place=True)  # also drops the orientation tag
     exif = img.info.get("exif") or None
+    icc = img.info.get("icc_profile")
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
     if img.mode == "1":
         img = img.convert("L")
-    if img.mode == "LA" and "icc_profile" in img.info:  # littleCMS converts L, not LA
-        img = Image.merge("LA", (to_srgb(img.convert("L")), img.getchannel("A")))
-    else:
-        img = to_srgb(img)
     if img.mode.startswith("I;16"):
         img = Image.fromarray(np.asarray(img).astype(np.uint16))  # native byte order
     elif img.mode in ("I", "F"):  # 32-bit int: 16-bit range; float: [0, 1]
         scale = 65535.0 if img.mode == "F" else 1.0
         values = np.clip(np.rint(np.asarray(img, np.float64) * scale), 0, 65535)
         img = Image.fromarray(values.astype(np.uint16))
+    if icc:
+        img.info["icc_profile"] = icc  # kept by the conversions above, set by fromarray's
+        pixels = img.convert("L") if img.mode == "LA" else img  # littleCMS converts L, not LA
+        converted = to_srgb(pixels)
+        if converted is not pixels:
+            alpha = [img.getchannel("A")] if img.mode == "LA" else []
+            img = Image.merge("LA", [converted, *alpha]) if alpha else converted
+            exif = _exif_in_srgb(exif) if exif else exif
     alpha = None
     if img.mode in ("LA", "La", "RGBA", "RGBa"):
         alpha = img.getchannel("A")

@@ -319,19 +319,18 @@ def _decode(fp: io.BytesIO, size: int, problems: list[Problem]) -> Image.Image:
         img.draft(mode, (math.ceil(w * size / short), math.ceil(h * size / short)))
     img.load()
     img = ImageOps.exif_transpose(img)  # upright, as kcolor.photo reads photos
-    img = to_srgb(img)  # an embedded ICC profile's pixels to sRGB, as kcolor.photo does
     return _centre_crop(_to_rgb(img, problems), size)
 
 
 def _to_rgb(img: Image.Image, problems: list[Problem]) -> Image.Image:
     mode = img.mode
-    if mode == "RGB":
-        return img
     if mode in ("P", "PA"):
         problems.append(Problem("palette", f"palette image (mode {mode}), converted to RGB"))
-        if mode == "P" and "transparency" not in img.info:
-            return img.convert("RGB")
-        img, mode = img.convert("RGBA"), "RGBA"
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    img = to_srgb(img)  # an embedded ICC profile's pixels to sRGB, as kcolor.photo does
+    mode = img.mode
+    if mode == "RGB":
+        return img
     if mode in ("RGBA", "RGBa"):
         if img.getchannel("A").getextrema()[0] < 255:
             problems.append(Problem("alpha", "has transparent pixels; alpha dropped"))

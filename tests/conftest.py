@@ -96,10 +96,13 @@ def shard_dir(tmp_path_factory):
     return out
 
 
-def icc_profile(space: str, gamma: float, colorants=None) -> bytes:
-    """A minimal ICC v2 display profile: 'GRAY' (a tone curve) or 'RGB ' (three D50
-    colorants and one tone curve). Written here because Pillow can only create sRGB, Lab
-    and XYZ profiles, and tests need others (a wide gamut, a linear gray)."""
+def icc_profile(space: str, gamma: float = 1.0, colorants=None, name: str = "") -> bytes:
+    """A minimal ICC v2 profile: display 'GRAY' (a tone curve), display 'RGB ' (three D50
+    colorants and one tone curve) or printer 'CMYK' (a 2-point lut16 whose corners are the
+    linear-light RGB (1 - c)(1 - k), (1 - m)(1 - k), (1 - y)(1 - k) in sRGB's colorants).
+    Written here because Pillow can only create sRGB, Lab and XYZ profiles, and tests need
+    others (a wide gamut, a linear gray, a press)."""
+    import itertools
     import struct
 
     def s15(x):
@@ -108,7 +111,7 @@ def icc_profile(space: str, gamma: float, colorants=None) -> bytes:
     def xyz(x, y, z):
         return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
 
-    name = b"test " + space.strip().encode() + b" gamma %g" % gamma
+    name = name.encode() or b"test " + space.strip().encode() + b" gamma %g" % gamma
     desc = (
         b"desc\0\0\0\0"
         + struct.pack(">I", len(name) + 1)
@@ -120,6 +123,19 @@ def icc_profile(space: str, gamma: float, colorants=None) -> bytes:
     tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249))]
     if space == "GRAY":
         tags.append((b"kTRC", curve))
+    elif space == "CMYK":
+        lut = b"mft2\0\0\0\0" + bytes([4, 3, 2, 0])
+        lut += b"".join(s15(float(i == j)) for i in range(3) for j in range(3))
+        lut += struct.pack(">HH", 2, 2) + struct.pack(">2H", 0, 65535) * 4
+        for c, m, y, k in itertools.product((0, 1), repeat=4):  # the first channel slowest
+            rgb = [(1 - v) * (1 - k) for v in (c, m, y)]
+            pcs = [
+                sum(w * col[i] for w, col in zip(rgb, SRGB_COLORANTS, strict=True))
+                for i in range(3)
+            ]
+            lut += struct.pack(">3H", *(min(65535, round(v * 32768)) for v in pcs))
+        lut += struct.pack(">2H", 0, 65535) * 3
+        tags.append((b"A2B0", lut))
     else:
         for sig, c in zip((b"rXYZ", b"gXYZ", b"bXYZ"), colorants, strict=True):
             tags.append((sig, xyz(*c)))
@@ -134,7 +150,7 @@ def icc_profile(space: str, gamma: float, colorants=None) -> bytes:
     header = (
         struct.pack(">II", size, 0)
         + bytes([2, 0x10, 0, 0])
-        + b"mntr"
+        + (b"prtr" if space == "CMYK" else b"mntr")
         + space.encode()
         + b"XYZ "
         + bytes(12)

@@ -1,6 +1,7 @@
 """Colorization metrics on hand-made cases, and `kcolor evaluate` (kcolor.metrics)."""
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -160,6 +161,37 @@ def test_evaluate_against_gray(model_path, tmp_path):
     evaluate.write_json(report, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["count"] == 1
     assert [f.name for f in tmp_path.glob(".*")] == []  # no temporary left
+
+
+def test_evaluate_interval_is_the_pooled_aucs_over_resampled_photos():
+    table = color.get_bin_table("zhang313")
+    rng = np.random.default_rng(5)
+    prior = rng.random(table.size) + 0.01
+    width = metrics.AUC_MAX_THRESHOLD + 2
+    dense = {"model": [], "gray": []}
+    scored = []
+    for _ in range(6):  # photos: sparse histograms by (true bin, error), gray's errors larger
+        hist = {}
+        for k, shift in (("model", 0), ("gray", 20)):
+            h = np.zeros((table.size, width), np.int64)
+            cells = rng.integers(0, table.size, 50), rng.integers(0, 60, 50) + shift
+            np.add.at(h, cells, rng.integers(1, 20, 50))
+            dense[k].append(h)
+            hist[k] = (np.flatnonzero(h), h.reshape(-1)[np.flatnonzero(h)])
+        scored.append({"record": {"model": {}, "gray": {}}, "hist": hist})
+    colorizer = types.SimpleNamespace(table=table, info={"prior": prior})
+    interval = evaluate._rebalanced_aucs(scored, colorizer)[0]["interval"]
+    # by hand: the same resamples (seed 0) pooled as histograms, scored by auc_from_histogram
+    picks = np.random.default_rng(0).multinomial(6, np.full(6, 1 / 6), size=1000)
+    w = metrics.class_balance_weights(prior, table)
+    for name, weights in (("auc", None), ("auc_rebalanced", w)):
+        diffs = [
+            metrics.auc_from_histogram(np.tensordot(row, dense["model"], 1), weights)
+            - metrics.auc_from_histogram(np.tensordot(row, dense["gray"], 1), weights)
+            for row in picks
+        ]
+        assert interval[name] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
+    assert interval["auc"][0] > 0  # the model's errors are 20 smaller on every photo
 
 
 def test_evaluate_pools_all_pixels_and_uses_the_model_prior(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ADOBE_COLORANTS, SRGB_COLORANTS, icc_profile
-from PIL import Image, ImageCms
+from PIL import ExifTags, Image, ImageCms
 
 from kcolor import color, photo
 
@@ -211,6 +211,18 @@ def test_embedded_colour_profiles_are_converted_to_srgb(tmp_path):
         out = photo.photo_from_image(img)
         np.testing.assert_allclose(out.image.getpixel((0, 0)), srgb_encode([128, 64, 200]), atol=1)
     assert out.alpha.getpixel((0, 0)) == 77
+    # a press profile's CMYK: half cyan is half the red light, linear (not 127 as PIL's)
+    cmyk = Image.frombytes("CMYK", (2, 1), bytes([128, 0, 0, 0, 0, 255, 0, 128]))
+    cmyk.info["icc_profile"] = icc_profile("CMYK")
+    want = srgb_encode([[[127.5, 255, 255], [127.5, 0, 127.5]]])
+    np.testing.assert_allclose(photo.photo_from_image(cmyk).image, want, atol=1)
+    # 16-bit gray: the tone curve at 16 bits
+    g16 = np.array([[0, 1000, 20000, 40000, 65535]], np.uint16)
+    img = Image.fromarray(g16)
+    img.info["icc_profile"] = icc_profile("GRAY", 1.0)
+    out = photo.photo_from_image(img)
+    assert out.image.mode == "I;16"
+    np.testing.assert_allclose(np.asarray(out.image), srgb_encode(g16 / 257) * 257, atol=130)
     # gray with alpha: the profile converts the gray, the alpha is kept
     la = Image.merge("LA", (Image.fromarray(gray.astype(np.uint8)), Image.new("L", (4, 1), 77)))
     la.info["icc_profile"] = icc_profile("GRAY", 1.0)
@@ -219,12 +231,29 @@ def test_embedded_colour_profiles_are_converted_to_srgb(tmp_path):
     assert np.asarray(out.alpha).tolist() == [[77] * 4]
 
 
+def test_a_converted_photo_keeps_its_exif_saying_srgb(tmp_path):
+    exif = Image.Exif()
+    exif.get_ifd(ExifTags.IFD.Exif)[photo.EXIF_COLOR_SPACE] = 0xFFFF  # uncalibrated: Adobe RGB
+    exif[0x010F] = "Camera maker"
+    path = tmp_path / "adobe.jpg"
+    adobe = icc_profile("RGB ", 563 / 256, ADOBE_COLORANTS)
+    Image.new("RGB", (8, 8), (30, 200, 40)).save(path, exif=exif.tobytes(), icc_profile=adobe)
+    got = Image.Exif()
+    got.load(photo.open_photo(path).exif)
+    assert got.get_ifd(ExifTags.IFD.Exif)[photo.EXIF_COLOR_SPACE] == 1
+    assert got[0x010F] == "Camera maker"
+
+
 def test_srgb_missing_and_unusable_profiles_leave_pixels_as_they_are(tmp_path):
     rgb = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     for profile in (None, srgb):
         img = tagged(rgb, profile) if profile else Image.fromarray(rgb)
         np.testing.assert_array_equal(np.asarray(photo.photo_from_image(img).image), rgb)
+    # what a profile does counts, not its name
+    linear = icc_profile("RGB ", 1.0, SRGB_COLORANTS, name="sRGB IEC61966-2.1")
+    out = photo.photo_from_image(tagged([[[128, 64, 200]]], linear))
+    np.testing.assert_allclose(out.image.getpixel((0, 0)), srgb_encode([128, 64, 200]), atol=1)
     for name, profile in [("damaged", b"not a profile"), ("gray", icc_profile("GRAY", 1.0))]:
         path = tmp_path / f"{name}.png"
         Image.fromarray(rgb).save(path, icc_profile=profile)

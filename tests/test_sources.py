@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import ADOBE_COLORANTS, icc_profile, smooth_photo
+from conftest import ADOBE_COLORANTS, SRGB_COLORANTS, icc_profile, smooth_photo
 from PIL import Image
 
 from kcolor import photo, sources
@@ -94,3 +94,20 @@ def test_a_jpeg_with_a_colour_profile_is_converted_to_srgb(tmp_path):
     got = out.view(np.uint8).reshape(SIZE, SIZE, 4)[..., :3]
     np.testing.assert_array_equal(got, want)
     assert np.abs(got.astype(int) - naive).max() > 10
+
+
+def test_palette_and_cmyk_photos_with_profiles_are_converted_as_colorize_reads_them(tmp_path):
+    pal = Image.new("P", (SIZE, SIZE))
+    pal.putpalette([128, 64, 200] * 128 + [10, 250, 90] * 128)
+    pal.paste(200, (0, 0, SIZE, SIZE // 2))
+    pal.save(tmp_path / "pal.png", icc_profile=icc_profile("RGB ", 1.0, SRGB_COLORANTS))
+    rgb = smooth_photo(np.random.default_rng(4), SIZE)
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    cmyk.save(tmp_path / "cmyk.tif", icc_profile=icc_profile("CMYK"))
+    for name, kinds in (("pal.png", ["palette"]), ("cmyk.tif", [])):  # CMYK: no note now
+        img, problems = sources.load_photo(tmp_path / name, SIZE)
+        assert [p.kind for p in problems] == kinds
+        want = photo.open_photo(tmp_path / name).image
+        np.testing.assert_array_equal(np.asarray(img), np.asarray(want))
+        with Image.open(tmp_path / name) as raw:
+            assert np.abs(np.asarray(img, int) - np.asarray(raw.convert("RGB"), int)).max() > 30

@@ -5,10 +5,12 @@
 Averaging the weights of snapshots taken along the end of one run (Izmailov et al. 2018,
 "Averaging weights leads to wider optima and better generalization") gives a network that
 is often a little better than any one of them at no cost when it runs. The snapshots must
-share arch, width, bin table and input size (it says which differs otherwise); batch
-norm's moving statistics are averaged like the weights. OUT keeps the first model's
-settings (prior, decoding defaults). Which snapshots to average is decided on held-out
-photos (tools/sweep_decoding.py), as any other model choice.
+share arch, width, bin table and input size (it says which differs otherwise). Batch
+norm's moving statistics are averaged like the weights, not measured again on training
+data as Izmailov et al. do: snapshots this close agree well enough (check by scoring).
+OUT keeps the first model's settings (prior, decoding defaults): choose its decoding
+again (tools/sweep_decoding.py, then `kcolor decoding`). Which snapshots to average is
+decided on held-out photos, as any other model choice.
 """
 
 from __future__ import annotations
