@@ -151,8 +151,11 @@ def to_srgb(img: Image.Image) -> Image.Image:
 def _exif_in_srgb(exif: bytes) -> bytes:
     """The EXIF block with its ColorSpace saying sRGB (the pixels were converted to it)."""
     block = Image.Exif()
-    block.load(exif)
-    ifd = block.get_ifd(ExifTags.IFD.Exif)
+    try:
+        block.load(exif)
+        ifd = block.get_ifd(ExifTags.IFD.Exif)
+    except Exception:  # PIL raises SyntaxError, struct.error, ... on a damaged block
+        return exif  # copied as it came, as for photos without a profile
     if ifd.get(EXIF_COLOR_SPACE, 1) == 1:
         return exif
     ifd[EXIF_COLOR_SPACE] = 1

@@ -242,6 +242,11 @@ def test_a_converted_photo_keeps_its_exif_saying_srgb(tmp_path):
     got.load(photo.open_photo(path).exif)
     assert got.get_ifd(ExifTags.IFD.Exif)[photo.EXIF_COLOR_SPACE] == 1
     assert got[0x010F] == "Camera maker"
+    # a damaged EXIF block is copied as it came; the pixels are still converted
+    Image.new("RGB", (8, 8), (30, 200, 40)).save(path, exif=b"Exif\0\0garbage", icc_profile=adobe)
+    damaged = photo.open_photo(path)
+    assert damaged.exif == b"Exif\0\0garbage"
+    assert damaged.image.getpixel((0, 0))[0] < 10  # Adobe's green is beyond sRGB's
 
 
 def test_srgb_missing_and_unusable_profiles_leave_pixels_as_they_are(tmp_path):
