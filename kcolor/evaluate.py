@@ -150,9 +150,9 @@ def _rebalanced_aucs(scored: list[dict], colorizer) -> tuple[dict, str]:
             dense[idx] = cnt
             dense = dense.reshape(table.size, -1)
             pooled[k] += dense
-            s["record"][k]["auc_rebalanced"] = metrics.auc_from_histogram(dense, weights)
             per_photo[k, 0][i] = dense.sum(0)
-            per_photo[k, 1][i] = (dense * weights[:, None]).sum(0)
+            per_photo[k, 1][i] = weighted = (dense * weights[:, None]).sum(0)
+            s["record"][k]["auc_rebalanced"] = metrics.auc_from_histogram(weighted[None])
     all_pixels = {
         k: {
             "auc": metrics.auc_from_histogram(h),
