@@ -45,6 +45,7 @@ def load(
     temperature=None,
     rebalance_strength=None,
     flip=None,
+    multiscale=None,
 ):
     """Load a model to colorize with.
 
@@ -54,6 +55,8 @@ def load(
             `colorize_files`, as `infer.Colorizer` takes them (None: the model's own).
         flip: average each photo's logits with its mirror image's (None: the model's
             own choice; `infer.Colorizer`).
+        multiscale: also run a photo larger than the training side at that side and
+            average the logits (None: the model's own choice; `infer.Colorizer`).
     Returns:
         a `Colorizer`.
 
@@ -65,6 +68,7 @@ def load(
         temperature=temperature,
         rebalance_strength=rebalance_strength,
         flip=flip,
+        multiscale=multiscale,
     )
     return Colorizer(infer.load_colorizer(model, **settings))
 
@@ -91,7 +95,8 @@ class Colorizer:
         strength = "as trained" if col.rebalance_strength is None else col.rebalance_strength
         return (
             f"<kcolor Colorizer {col.source}: side {col.side}, {col.decode} T {col.temperature:g}"
-            f", rebalance strength {strength}{', flip' if col.flip else ''}>"
+            f", rebalance strength {strength}{', flip' if col.flip else ''}"
+            f"{', multiscale' if col.multiscale else ''}>"
         )
 
     def colorize(
@@ -178,6 +183,7 @@ class Colorizer:
                 replicas=base.replicas,
                 source=base.source,
                 flip=base.flip,
+                multiscale=base.multiscale,
             )
         return self._variants[key]
 

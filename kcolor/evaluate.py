@@ -117,6 +117,7 @@ def evaluate(
         "temperature": colorizer.temperature,
         "rebalance_strength": colorizer.rebalance_strength,
         "flip": colorizer.flip,
+        "multiscale": colorizer.multiscale,
         "prior": source,
         "mean": mean,
         "all_pixels": all_pixels,
@@ -247,6 +248,8 @@ def format_table(report: dict) -> str:
             strength = report.get("rebalance_strength")
             rebal = "as trained" if strength is None else f"{strength:g}"
             flip = ", flip (averaged with the mirror image)" if report.get("flip") else ""
+            if report.get("multiscale"):
+                flip += ", multiscale (averaged with the output at the training side)"
             lines.append(f"decoding: {how}, rebalance strength {rebal}{flip}")
         lines.append(
             "AuC-rb weights pixels by 1 / prior of their true bin (smoothed as in Zhang et al.); "

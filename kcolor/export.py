@@ -12,7 +12,8 @@ The exported model maps L to ab, as `infer.Colorizer.predict` does:
         colorize` resizes a photo to `Colorizer.side_for` its size (the model's recorded
         side, or a smaller photo's own). An export given `size` takes that one side only.
     ab: (B, H/4, W/4, 2) float32, the model's recorded decoding (the logits averaged with
-        the mirror image's where it records `flip`, class rebalancing at its recorded
+        the mirror image's where it records `flip`, and with those at the training side
+        where it records `multiscale` and the input is larger, class rebalancing at its recorded
         strength with its training prior, then the annealed mean at its recorded
         temperature); upsample it and join it to the photo's own L (kcolor.photo.compose).
     bins (output="bins"): (B, H/4, W/4, Q) float32, the rebalanced bin distribution
@@ -140,11 +141,30 @@ class ServingModule(tf.Module):
             return None
         return serve
 
-    def _serve(self, L):
+    def _view(self, L):
         logits = self._colorizer.net(L, training=False)
         if self._colorizer.flip:  # as Colorizer.logits: the mirror image's, mirrored back
             mirrored = self._colorizer.net(tf.reverse(L, axis=[2]), training=False)
             logits = (logits + tf.reverse(mirrored, axis=[2])) / 2
+        return logits
+
+    def _serve(self, L):
+        logits = self._view(L)
+        col = self._colorizer
+        if col.multiscale:  # as Colorizer.logits (infer.multiscale_shape, infer.shrink)
+            size = tf.shape(L)[1:3]
+            side, multiple = float(col.training_side), float(col.multiple)
+            scale = side / tf.cast(tf.reduce_max(size), tf.float32)
+            small = tf.maximum(
+                multiple, tf.round(tf.cast(size, tf.float32) * scale / multiple) * multiple
+            )
+            small = tf.cast(small, tf.int32)
+
+            def averaged():
+                low = self._view(infer.shrink(L, small[0], small[1]))
+                return (logits + tf.image.resize(low, tf.shape(logits)[1:3], "bilinear")) / 2
+
+            logits = tf.cond(tf.reduce_max(size) > col.training_side, averaged, lambda: logits)
         if self._shift is not None:
             logits = logits + tf.constant(self._shift)
         if self._output == "bins":
@@ -160,10 +180,8 @@ def _write_savedmodel(module, path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
-def _write_tflite(module, path: Path) -> None:
-    # Freeze first: TF 2.21's converter leaves Keras 3 variables as READ_VARIABLE ops with
-    # no initializer (from_saved_model too), so the interpreter fails with
-    # "read_variable.cc: variable != nullptr" (or silently gives NaN under XNNPACK).
+def _frozen(module):
+    """module.serve with its variables made constants, its output named as before."""
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
@@ -171,9 +189,15 @@ def _write_tflite(module, path: Path) -> None:
     serve = module.serve.get_concrete_function()
     frozen = convert_variables_to_constants_v2(serve)
     [key] = serve.structured_outputs  # freezing flattens the outputs: name them again
-    named = tf.function(lambda L: {key: frozen(L)[0]}, input_signature=[module.input_spec])
+    return tf.function(lambda L: {key: frozen(L)[0]}, input_signature=[module.input_spec])
+
+
+def _write_tflite(module, path: Path) -> None:
+    # Freeze first: TF 2.21's converter leaves Keras 3 variables as READ_VARIABLE ops with
+    # no initializer (from_saved_model too), so the interpreter fails with
+    # "read_variable.cc: variable != nullptr" (or silently gives NaN under XNNPACK).
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [named.get_concrete_function()], tf.Module()
+        [_frozen(module).get_concrete_function()], tf.Module()
     )
     try:
         flat = converter.convert()
@@ -198,8 +222,10 @@ def _onnx_converter():
 def _write_onnx(module, path: Path) -> None:
     tf2onnx = _onnx_converter()
     try:
+        # frozen first: tf2onnx loses the kernels' shapes of the convolutions inside the
+        # multiscale branch (tf.cond) when they are variables
         proto, _ = tf2onnx.convert.from_function(
-            module.serve, input_signature=[module.input_spec], opset=ONNX_OPSET
+            _frozen(module), input_signature=[module.input_spec], opset=ONNX_OPSET
         )
     except Exception as e:  # tf2onnx raises many types; one line naming the versions
         raise ValueError(
@@ -216,9 +242,16 @@ def _name_onnx_io(proto, function) -> None:
     concrete = function.get_concrete_function()
     names = {proto.graph.input[0].name: "L"}
     names.update((t.name, key) for key, t in concrete.structured_outputs.items())
-    for node in proto.graph.node:
-        node.input[:] = [names.get(i, i) for i in node.input]
-        node.output[:] = [names.get(o, o) for o in node.output]
+
+    def rename(graph):  # the branches of an If (multiscale) read the input too
+        for node in graph.node:
+            node.input[:] = [names.get(i, i) for i in node.input]
+            node.output[:] = [names.get(o, o) for o in node.output]
+            for attribute in node.attribute:
+                for sub in [attribute.g, *attribute.graphs]:
+                    rename(sub)
+
+    rename(proto.graph)
     for value in [*proto.graph.input, *proto.graph.output]:
         value.name = names.get(value.name, value.name)
 

@@ -70,6 +70,11 @@ class Colorizer:
         flip: average the logits of the photo and of its mirror image (None: the model's
             recorded choice). Twice the network's work; on the bundled model it scored
             higher in both AuCs (model card).
+        multiscale: a photo that runs at a side larger than the model's training side
+            also runs at the training side, and the two sets of logits are averaged
+            (None: the model's recorded choice). About 1.3x the network's work on a
+            224 px photo of a 128 px model; on the bundled model it scored higher in both
+            AuCs on full-size photos (model card).
         replicas: devices the model is mirrored on (see `load_colorizer`).
         source: where the model came from (for reports).
     """
@@ -84,6 +89,7 @@ class Colorizer:
         replicas=1,
         source=None,
         flip=None,
+        multiscale=None,
     ):
         from kcolor import model
 
@@ -112,6 +118,8 @@ class Colorizer:
         self.decode, self.temperature, self.replicas = decode, temperature, replicas
         self.rebalance_strength = rebalance_strength
         self.flip = bool(info.get("flip", False) if flip is None else flip)
+        self.multiscale = bool(info.get("multiscale", False) if multiscale is None else multiscale)
+        self.training_side = int(info["input_size"])
         self._weights = None  # (trained, decode) rebalancing weights
         if rebalance_strength is not None:
             prior = np.asarray(info["prior"], np.float64)
@@ -165,14 +173,24 @@ class Colorizer:
             (B, S/4, S/4, Q) float32 logits.
         """
         x = np.asarray(L, np.float32)[..., None]
-        if self.flip:  # the mirrored photos ride in the same batch; their logits mirrored back
-            both = self._net_logits(np.concatenate([x, x[:, :, ::-1]]))
-            logits = (both[: len(x)] + both[len(x) :, :, ::-1]) / 2
-        else:
-            logits = self._net_logits(x)
+        logits = self._view_logits(x)
+        small = multiscale_shape(*x.shape[1:3], self.training_side, self.multiple)
+        if self.multiscale and small is not None:  # as export.ServingModule does it
+            import tensorflow as tf
+
+            low = self._view_logits(shrink(x, *small).numpy())
+            logits = (logits + tf.image.resize(low, logits.shape[1:3], "bilinear").numpy()) / 2
         if self._weights is not None:
             logits = rebalance.rebalance_logits(logits, *self._weights, self.rebalance_strength)
         return np.asarray(logits, np.float32)
+
+    def _view_logits(self, x: np.ndarray) -> np.ndarray:
+        """The network's logits for (B, H, W, 1) x, averaged with the mirror image's
+        under flip."""
+        if self.flip:  # the mirrored photos ride in the same batch; their logits mirrored back
+            both = self._net_logits(np.concatenate([x, x[:, :, ::-1]]))
+            return (both[: len(x)] + both[len(x) :, :, ::-1]) / 2
+        return self._net_logits(x)
 
     def _net_logits(self, x: np.ndarray) -> np.ndarray:
         if self.replicas > 1:  # predict() splits the batch over the replicas
@@ -195,6 +213,42 @@ class Colorizer:
         """Colorize photos of any sizes as one batch; returns full-size PIL images."""
         results = self.predict_each([self.lightness(p) for p in photos])
         return [compose(p, a) for p, (a, _) in zip(photos, results, strict=True)]
+
+
+def multiscale_shape(height: int, width: int, side: int, multiple: int) -> tuple | None:
+    """The (h, w) that a (height, width) network input also runs at under multiscale:
+    its long side brought down to `side` (the training side), each side rounded to the
+    arch's multiple; None when the long side is `side` or less."""
+    long = max(height, width)
+    if long <= side:
+        return None
+    return tuple(
+        max(multiple, round(n * side / long / multiple) * multiple) for n in (height, width)
+    )
+
+
+def shrink(x, height, width):
+    """(B, H, W, C) float32 resized down to (B, height, width, C) by the antialiased
+    bilinear (triangle) filter of `tf.image.resize(..., antialias=True)`.
+
+    Written out as two matrix products because TFLite and ONNX have no op for that
+    resize (TensorFlow's ScaleAndTranslate): `kcolor export` traces this same function
+    into its graphs, so exported models shrink exactly as `Colorizer` does. Runs eagerly
+    or traced; the sizes may be tensors. Returns a tf.Tensor.
+    """
+    import tensorflow as tf
+
+    def taps(n_in, n_out):  # (n_out, n_in) weights, rows summing to 1
+        n_in, n_out = tf.cast(n_in, tf.float32), tf.cast(n_out, tf.float32)
+        scale = n_in / n_out
+        centres = (tf.range(n_out) + 0.5) * scale  # output pixel centres in input pixels
+        distance = tf.abs(tf.range(n_in)[None, :] + 0.5 - centres[:, None])
+        w = tf.nn.relu(1.0 - distance / tf.maximum(scale, 1.0))
+        return w / tf.reduce_sum(w, axis=1, keepdims=True)
+
+    x = tf.convert_to_tensor(x, tf.float32)
+    shape = tf.shape(x)
+    return tf.einsum("ih,bhwc,jw->bijc", taps(shape[1], height), x, taps(shape[2], width))
 
 
 def load_colorizer(model_path=None, precision="auto", **kwargs) -> Colorizer:

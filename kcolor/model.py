@@ -56,6 +56,7 @@ class ColorizerInfo(keras.layers.Layer):
         arch="eccv16",
         photo_side=None,
         flip=False,
+        multiscale=False,
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -76,6 +77,9 @@ class ColorizerInfo(keras.layers.Layer):
         self.photo_side = None if photo_side is None else int(photo_side)
         # average the logits of the photo and of its mirror image (`kcolor decoding --flip`)
         self.flip = bool(flip)
+        # a photo larger than the training side also runs at it, the logits averaged
+        # (`kcolor decoding --multiscale`)
+        self.multiscale = bool(multiscale)
 
     @classmethod
     def from_config(cls, config):
@@ -106,6 +110,7 @@ class ColorizerInfo(keras.layers.Layer):
             arch=self.arch,
             photo_side=self.photo_side,
             flip=self.flip,
+            multiscale=self.multiscale,
         )
         return config
 
@@ -291,9 +296,10 @@ def set_decoding(
     rebalance_strength=None,
     photo_side=None,
     flip=None,
+    multiscale=None,
 ) -> dict:
-    """Record new colorizing defaults (temperature, rebalance_strength, photo_side, flip)
-    in a saved model; None keeps a setting.
+    """Record new colorizing defaults (temperature, rebalance_strength, photo_side, flip,
+    multiscale) in a saved model; None keeps a setting.
 
     The file is rewritten atomically; returns the model's settings afterwards.
     """
@@ -316,6 +322,8 @@ def set_decoding(
         info.photo_side = int(photo_side)
     if flip is not None:
         info.flip = bool(flip)
+    if multiscale is not None:
+        info.multiscale = bool(multiscale)
     export_model(net, path)
     return model_info(net)
 
@@ -394,6 +402,7 @@ def with_precision(net: keras.Model, precision: str) -> keras.Model:
     settings.rebalance_strength = info["rebalance_strength"]
     settings.photo_side = info.get("photo_side")
     settings.flip = info.get("flip", False)
+    settings.multiscale = info.get("multiscale", False)
     twin.set_weights(net.get_weights())
     return twin
 

@@ -21,7 +21,7 @@ def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("run") / "model.keras"
     model.build_model(width=0.0625, input_size=32, prior=prior).save(path)
     # a decoding other than the defaults, so that the export must read the recorded one
-    model.set_decoding(path, temperature=0.5, rebalance_strength=0.75, flip=True)
+    model.set_decoding(path, temperature=0.5, rebalance_strength=0.75, flip=True, multiscale=True)
     return path
 
 
@@ -33,8 +33,12 @@ def colorizer(model_path):
 @pytest.fixture(scope="module")
 def lightness():
     """(3, 32, 32) float32 L of three real photos at the tiny model's side."""
+    return _demo_lightness(32)
+
+
+def _demo_lightness(side):
     paths = sorted(DEMO.glob("*.jpg"))[:3]
-    return np.stack([photo.net_lightness(photo.open_photo(p), 32) for p in paths])
+    return np.stack([photo.net_lightness(photo.open_photo(p), side) for p in paths])
 
 
 def run_exported(fmt, path, L):
@@ -66,7 +70,10 @@ def test_each_format_decodes_like_colorizer_predict(
     assert str(exported).endswith("L (?, ?, ?, 1) -> ab (?, ?, ?, 2)")
     assert colorizer.temperature == 0.5 and colorizer.rebalance_strength == 0.75
     assert colorizer.flip  # the graph must average with the mirror image too
-    for L in (lightness, lightness[:1, :24, :]):  # any batch and sides (multiples of 8)
+    assert colorizer.multiscale  # and, above the training side (32), with the output at it
+    large = _demo_lightness(64)
+    # any batch and sides (multiples of 8), at, below and above the training side
+    for L in (lightness, lightness[:1, :24, :], large, large[:2, :48, :], large[:1, :, :40]):
         got = run_exported(fmt, exported.path, L)
         want, _ = colorizer.predict(L)
         assert list(got) == ["ab"] and got["ab"].shape == want.shape

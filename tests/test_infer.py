@@ -98,6 +98,45 @@ def test_flip_averages_the_logits_of_the_photo_and_its_mirror(model_path, tmp_pa
     assert not infer.load_colorizer(path).flip
 
 
+def test_shrink_is_tensorflows_antialiased_bilinear_resize():
+    import tensorflow as tf
+
+    x = RNG.random((2, 60, 90, 1)).astype(np.float32) * 100
+    for size in [(32, 48), (59, 90), (7, 13), (60, 90)]:
+        want = tf.image.resize(x, size, "bilinear", antialias=True).numpy()
+        np.testing.assert_allclose(infer.shrink(x, *size).numpy(), want, atol=1e-3, rtol=0)
+    assert infer.multiscale_shape(224, 224, 128, 32) == (128, 128)
+    assert infer.multiscale_shape(224, 160, 128, 32) == (128, 96)  # 91.4 -> 96
+    assert infer.multiscale_shape(128, 96, 128, 32) is None  # not above the training side
+
+
+def test_multiscale_averages_the_logits_at_the_photo_side_and_the_training_side(
+    model_path, tmp_path
+):
+    import tensorflow as tf
+
+    plain = infer.load_colorizer(model_path, size=64)
+    multi = infer.load_colorizer(model_path, size=64, multiscale=True)
+    assert multi.multiscale and multi.training_side == 32 and not plain.multiscale
+    big = np.stack([color.lightness(smooth(64, 64)), color.lightness(smooth(64, 64, 3)[::-1])])
+    small = infer.shrink(big[..., None], 32, 32).numpy()[..., 0]
+    low = tf.image.resize(plain.logits(small), (16, 16), "bilinear").numpy()
+    np.testing.assert_allclose(multi.logits(big), (plain.logits(big) + low) / 2, atol=1e-4)
+    # at or below the training side a photo runs once, as without it
+    at = big[:, :32, :32]
+    np.testing.assert_array_equal(multi.logits(at), plain.logits(at))
+    # recorded in the model by `kcolor decoding --multiscale`, shown, and taken back
+    path = tmp_path / "m.keras"
+    path.write_bytes(model_path.read_bytes())
+    result = CliRunner().invoke(cli.main, ["decoding", str(path), "--multiscale"])
+    assert result.exit_code == 0
+    assert result.output.rstrip().endswith(", multiscale (also at 32)")
+    assert infer.load_colorizer(path).multiscale
+    assert not infer.load_colorizer(path, multiscale=False).multiscale
+    CliRunner().invoke(cli.main, ["decoding", str(path), "--no-multiscale"])
+    assert not infer.load_colorizer(path).multiscale
+
+
 def test_color_and_gray_versions_get_the_same_colors(colorizer):
     # Only the lightness is used: a color photo and a 16-bit gray photo of its L agree.
     rgb = smooth(24, 24)
