@@ -250,8 +250,10 @@ def test_evaluate_command(model_path, tmp_path):
     assert "mean of 3" in result.output and "AuC-rb" in result.output
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["count"] == 3 and report["model"] == str(model_path)
-    result = CliRunner().invoke(cli.main, [*args, "--limit", "1"])
+    assert not report["flip"] and not report["multiscale"]
+    result = CliRunner().invoke(cli.main, [*args, "--limit", "1", "--flip", "--multiscale"])
     assert result.exit_code == 0 and "mean of 1" in result.output
+    assert "flip (averaged with the mirror image), multiscale (averaged" in result.output
     (tmp_path / "z.png").write_bytes(b"")
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 1 and "z.png: not an image" in result.output
