@@ -162,14 +162,21 @@ def _exif_in_srgb(exif: bytes) -> bytes:
     return block.tobytes()
 
 
+def depalette(img: Image.Image) -> Image.Image:
+    """A palette image ('P', 'PA') as RGB, or RGBA where it has transparency; any other
+    image as it is."""
+    if img.mode not in ("P", "PA"):
+        return img
+    return img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+
+
 def photo_from_image(img: Image.Image, fmt: str | None = None) -> Photo:
     """Any PIL image (gray, RGB, RGBA, palette, 16-bit, CMYK...) -> a Photo, in sRGB."""
     img.load()
     ImageOps.exif_transpose(img, in_place=True)  # also drops the orientation tag
     exif = img.info.get("exif") or None
     icc = img.info.get("icc_profile")
-    if img.mode in ("P", "PA"):
-        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    img = depalette(img)
     if img.mode == "1":
         img = img.convert("L")
     if img.mode.startswith("I;16"):

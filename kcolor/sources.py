@@ -37,6 +37,7 @@ from kcolor.photo import (  # noqa: F401 (GRAY_*: prep's rule, with encode)
     GRAY_FRACTION,
     GRAY_SPREAD,
     READ_SUFFIXES,
+    depalette,
     describe_error,
     to_srgb,
 )
@@ -326,7 +327,7 @@ def _to_rgb(img: Image.Image, problems: list[Problem]) -> Image.Image:
     mode = img.mode
     if mode in ("P", "PA"):
         problems.append(Problem("palette", f"palette image (mode {mode}), converted to RGB"))
-        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+        img = depalette(img)
     img = to_srgb(img)  # an embedded ICC profile's pixels to sRGB, as kcolor.photo does
     mode = img.mode
     if mode == "RGB":
