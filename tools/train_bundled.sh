@@ -23,5 +23,7 @@ PHOTOS=${PHOTOS:-../shared/data/photos-train}
     --lr 2e-4 --lr-schedule cosine --warmup-steps 300 --precision auto \
     --checkpoint-every 500 --val-images 512
 cp "$WORK/runs/bundled/model.keras" kcolor/weights/model.keras
-# decoding and input side chosen on tuning halves (MODEL_CARD.md, "Choosing the decoding")
-"$KCOLOR" decoding kcolor/weights/model.keras --temperature 0.6 --rebalance-strength 0.8 --size 224 --flip
+# decoding and input side chosen on tuning halves (MODEL_CARD.md, "Choosing the decoding",
+# "Multiscale")
+"$KCOLOR" decoding kcolor/weights/model.keras --temperature 0.6 --rebalance-strength 0.8 --size 224 --flip \
+    --multiscale
