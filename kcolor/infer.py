@@ -10,6 +10,9 @@ As in richzhang/colorization: the photo's lightness is resized to the network's 
 side (a photo smaller than that runs at its own size), the network predicts a distribution over ab bins at 1/4 of that side, which is
 decoded to ab (annealed mean or argmax), upsampled bilinearly to the full resolution
 and joined to the photo's own full-resolution L (kcolor.photo), so no detail is lost.
+A model may record two test-time averages of the logits before decoding: with the
+mirror image's (flip) and, for a photo larger than the training side, with those at the
+training side (multiscale).
 """
 
 from __future__ import annotations
