@@ -24,7 +24,8 @@ Figures:
   catches (a light switched on, slow motion) takes to show;
 - the lightness-histogram change (kcolor.video.cut_distance) between consecutive frames
   of a shot, between a photo and itself brighter, and between two photos (a cut);
-- frames/s of the whole path (decode, network, smoothing, join, encode) at 480p.
+- frames/s of the whole path (decode, network, smoothing, join, encode) at 480p, and
+  the time multiscale adds (the model's decoding against the same without it).
 Ratios compare runs of this one process.
 """
 
@@ -314,6 +315,30 @@ def main() -> None:
             print(
                 f"speed at 480p, smoothing {s}: {summary.frames / (time.perf_counter() - start):.1f} "
                 f"frames/s ({summary.frames} frames, {os.cpu_count()} cores)"
+            )
+        if col.multiscale:  # its cost: the same clip, the same network, one side only
+            plain = infer.Colorizer(
+                col.net,
+                col.side,
+                col.decode,
+                col.temperature,
+                col.rebalance_strength,
+                flip=col.flip,
+                multiscale=False,
+            )
+            seconds = {"multiscale": [], "one side": []}
+            for _ in range(3):  # alternated, medians: the machine's speed drifts
+                for name, c in (("one side", plain), ("multiscale", col)):
+                    start = time.perf_counter()
+                    summary = video.colorize_video(
+                        c, clips["pan"], out / "speed.mp4", video.SMOOTHING
+                    )
+                    seconds[name].append(time.perf_counter() - start)
+            one, multi = (float(np.median(seconds[k])) for k in ("one side", "multiscale"))
+            print(
+                f"multiscale (a pass at the training side {col.training_side} too): "
+                f"{multi / one:.2f}x the time of side {col.side} alone "
+                f"({summary.frames / multi:.1f} against {summary.frames / one:.1f} frames/s)"
             )
 
 
