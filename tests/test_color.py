@@ -1,6 +1,7 @@
 """kcolor.color: Lab against skimage (numpy and TF, eager and in tf.data), bin tables,
 rebalancing weights and decoding."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,11 @@ def test_rgb24_lookup_covers_every_24_bit_color(name):
 
 
 def test_zhang313_matches_the_reference_hull():
-    assert REFERENCE_HULL.is_file(), f"{REFERENCE_HULL}: the paper's bins are missing (../shared)"
+    if not REFERENCE_HULL.is_file():
+        missing = f"{REFERENCE_HULL}: the paper's bins are missing (../shared)"
+        # CI has ../shared and must run this; a fresh clone elsewhere skips it, saying why
+        assert not os.environ.get("KCOLOR_REQUIRE_SHARED"), missing
+        pytest.skip(missing)
     reference = np.load(REFERENCE_HULL)
     np.testing.assert_array_equal(color.get_bin_table("zhang313").centres, reference)
 
