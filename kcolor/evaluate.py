@@ -247,10 +247,10 @@ def format_table(report: dict) -> str:
             )
             strength = report.get("rebalance_strength")
             rebal = "as trained" if strength is None else f"{strength:g}"
-            flip = ", flip (averaged with the mirror image)" if report.get("flip") else ""
+            averaged = ", flip (averaged with the mirror image)" if report.get("flip") else ""
             if report.get("multiscale"):
-                flip += ", multiscale (averaged with the output at the training side)"
-            lines.append(f"decoding: {how}, rebalance strength {rebal}{flip}")
+                averaged += ", multiscale (averaged with the output at the training side)"
+            lines.append(f"decoding: {how}, rebalance strength {rebal}{averaged}")
         lines.append(
             "AuC-rb weights pixels by 1 / prior of their true bin (smoothed as in Zhang et al.); "
             f"prior: {prior[report['prior']]}"

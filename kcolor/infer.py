@@ -177,8 +177,10 @@ class Colorizer:
         """
         x = np.asarray(L, np.float32)[..., None]
         logits = self._view_logits(x)
-        small = multiscale_shape(*x.shape[1:3], self.training_side, self.multiple)
-        if self.multiscale and small is not None:  # as export.ServingModule does it
+        small = self.multiscale and multiscale_shape(
+            *x.shape[1:3], self.training_side, self.multiple
+        )
+        if small:  # as export.ServingModule does it
             import tensorflow as tf
 
             low = self._view_logits(shrink(x, *small).numpy())
