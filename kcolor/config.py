@@ -61,6 +61,11 @@ class FitConfig:
     beta_1: float = _setting(0.9, "AdamW beta 1.")
     beta_2: float = _setting(0.99, "AdamW beta 2.")
     weight_decay: float = _setting(1e-3, "AdamW weight decay.")
+    encoder_lr: float = _setting(
+        1.0,
+        "effnet_lite0: the pretrained encoder's learning rate as a fraction of --lr; 0 = "
+        "frozen (its weights and batch-norm statistics stay as they start).",
+    )
     rebalance: str = _setting("zhang", "Class rebalancing of the loss.", REBALANCE_MODES)
     targets: str = _setting(
         "hard",
@@ -93,8 +98,9 @@ class FitConfig:
         0.0, "Minutes to train in this invocation (rerun to resume); 0 = none."
     )
 
-    # settings that fix the network's shape: a resumed run must keep them
-    FROZEN = ("arch", "width", "rebalance", "targets", "crop", "seed")
+    # settings a resumed run must keep: they fix the network's shape, the data order or
+    # the variables the optimizer holds
+    FROZEN = ("arch", "width", "rebalance", "targets", "crop", "seed", "encoder_lr")
 
 
 def resolve_config(run_dir: Path, config_file: Path | None, overrides: dict) -> FitConfig:
@@ -156,6 +162,12 @@ def _validate(cfg: FitConfig) -> None:
             raise ValueError(f"{field.name}: expected one of {choices}, got {value!r}")
     if cfg.warmup_steps < 0:
         raise ValueError(f"warmup_steps: expected >= 0, got {cfg.warmup_steps}")
+    if cfg.encoder_lr < 0:
+        raise ValueError(f"encoder_lr: expected >= 0, got {cfg.encoder_lr}")
+    if cfg.encoder_lr != 1 and cfg.arch != "effnet_lite0":
+        raise ValueError(
+            f"encoder_lr: {cfg.arch} has no pretrained encoder; only effnet_lite0 does"
+        )
     if cfg.zoom < 1:
         raise ValueError(f"zoom: expected >= 1, got {cfg.zoom}")
     multiple = ARCH_STRIDES.get(cfg.arch, 1)

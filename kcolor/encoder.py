@@ -125,6 +125,13 @@ def load_imagenet_weights(net: keras.Model, path: Path = WEIGHTS_PATH) -> int:
     return done
 
 
+def pretrained_layers(net: keras.Model, path: Path = WEIGHTS_PATH) -> list:
+    """`net`'s layers that `load_imagenet_weights` sets: a colorizer's encoder."""
+    with np.load(path) as data:
+        names = {k.rsplit("/", 1)[0] for k in data.files}
+    return [layer for layer in net.layers if layer.name in names]
+
+
 def block_name(index: int) -> str:
     """The name of the layer that ends block `index` (its residual add, or its projection)."""
     _, stride, _, out = block_specs()[index]

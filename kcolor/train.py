@@ -236,12 +236,17 @@ def _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo) -
         )
         if init_model is not None:
             _init_from(net, init_model, data.table, shard_dir)
-        opt = keras.optimizers.AdamW(
-            learning_rate=cfg.lr,
-            beta_1=cfg.beta_1,
-            beta_2=cfg.beta_2,
-            weight_decay=cfg.weight_decay,
-        )
+        slow = []
+        if cfg.encoder_lr != 1:
+            from kcolor import encoder
+
+            layers = encoder.pretrained_layers(net)
+            if cfg.encoder_lr == 0:
+                for layer in layers:  # Keras 3: batch norm of a frozen layer runs as at inference
+                    layer.trainable = False
+            else:
+                slow = [v for layer in layers for v in layer.trainable_weights]
+        opt = _adamw(cfg, slow)
         if precision == "fp16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
         opt.build(net.trainable_variables)
@@ -271,6 +276,39 @@ def _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo) -
         cfg, out_dir, is_chief, net, opt, step_fn, ckpt, manager, epoch_end_done,
         steps_per_epoch, total_steps,
     )  # fmt: skip
+
+
+def _adamw(cfg: FitConfig, slow_variables: list):
+    """AdamW; `slow_variables` (the encoder's, for `--encoder-lr`) step at `cfg.encoder_lr`
+    times the learning rate, their weight decay too.
+
+    Written here because Keras optimizers have no per-variable learning rate, and scaling
+    the gradients instead would change nothing: Adam's steps do not depend on the
+    gradient's scale.
+    """
+    import keras
+
+    settings = dict(
+        learning_rate=cfg.lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2, weight_decay=cfg.weight_decay
+    )
+    if not slow_variables:
+        return keras.optimizers.AdamW(**settings)
+
+    class ScaledAdamW(keras.optimizers.AdamW):
+        def build(self, variables):
+            super().build(variables)
+            self._slow = {self._var_key(v) for v in slow_variables}
+
+        def update_step(self, gradient, variable, learning_rate):
+            if self._var_key(variable) in self._slow:
+                learning_rate = keras.ops.cast(learning_rate, variable.dtype) * cfg.encoder_lr
+                if self.weight_decay:  # decoupled, at the variable's own rate
+                    self.assign_sub(variable, variable * self.weight_decay * learning_rate)
+            super().update_step(gradient, variable, learning_rate)
+
+    opt = ScaledAdamW(**settings)
+    opt.exclude_from_weight_decay(var_list=slow_variables)  # decayed in update_step
+    return opt
 
 
 def _init_from(net, init_model: Path, table, shard_dir) -> None:

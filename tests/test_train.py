@@ -343,3 +343,52 @@ def test_multi_worker_mirrored_two_processes(shard_dir, tmp_path):
     other = model.load_model(run / ".worker-1" / "model.keras").get_weights()
     for a, b in zip(chief, other, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _weights(path):
+    """{layer name: {variable name: value}} of a saved model."""
+    out = {}
+    for v in model.load_model(path).weights:
+        layer, name = v.path.rsplit("/", 1)
+        out.setdefault(layer, {})[name] = np.array(v)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder_lr", [0.0, 0.1])
+def test_encoder_lr_slows_or_freezes_the_pretrained_encoder(shard_dir, tmp_path, encoder_lr):
+    """AdamW's first step moves each weight by about the learning rate (the update is the
+    gradient's sign), so the encoder's largest move is encoder_lr times the decoder's; at 0
+    the encoder, its batch-norm statistics too, stays as it started."""
+    from kcolor import encoder
+
+    settings = dict(arch="effnet_lite0", weight_decay=0.0, epochs=1)
+    quiet = dict(echo=lambda _m: None)
+    start = train.fit(shard_dir, tmp_path / "start", _cfg(**settings, lr=0.0), **quiet)
+    runs = {}
+    for scale in (1.0, encoder_lr):
+        cfg = _cfg(**settings, lr=1e-2, max_steps=1, encoder_lr=scale)
+        runs[scale] = _weights(
+            train.fit(shard_dir, tmp_path / f"run{scale}", cfg, init_model=start, **quiet)
+        )
+    before = _weights(start)
+    names = {layer.name for layer in encoder.pretrained_layers(model.load_model(start))}
+    assert len(names) > 40
+
+    def moved(after, in_encoder, kinds=("kernel",)):
+        return max(
+            float(np.abs(value - before[layer][name]).max())
+            for layer, values in after.items()
+            if (layer in names) == in_encoder
+            for name, value in values.items()
+            if name in kinds
+        )
+
+    assert moved(runs[1.0], True) == pytest.approx(1e-2, rel=0.05)
+    assert moved(runs[encoder_lr], False) == pytest.approx(1e-2, rel=0.05)
+    if encoder_lr == 0:
+        assert moved(runs[0.0], True, ("kernel", "gamma", "beta", "moving_mean")) == 0.0
+    else:
+        assert moved(runs[encoder_lr], True) == pytest.approx(encoder_lr * 1e-2, rel=0.05)
+    with pytest.raises(ValueError, match="encoder_lr: eccv16 has no pretrained encoder"):
+        train.resolve_config(tmp_path / "new", None, {"encoder_lr": 0.5})
