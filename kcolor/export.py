@@ -151,14 +151,9 @@ class ServingModule(tf.Module):
     def _serve(self, L):
         logits = self._view(L)
         col = self._colorizer
-        if col.multiscale:  # as Colorizer.logits (infer.multiscale_shape, infer.shrink)
+        if col.multiscale:  # as Colorizer.logits
             size = tf.shape(L)[1:3]
-            side, multiple = float(col.training_side), float(col.multiple)
-            scale = side / tf.cast(tf.reduce_max(size), tf.float32)
-            small = tf.maximum(
-                multiple, tf.round(tf.cast(size, tf.float32) * scale / multiple) * multiple
-            )
-            small = tf.cast(small, tf.int32)
+            small = infer.multiscale_size(size, col.training_side, col.multiple)
 
             def averaged():
                 low = self._view(infer.shrink(L, small[0], small[1]))

@@ -221,15 +221,23 @@ class Colorizer:
 
 
 def multiscale_shape(height: int, width: int, side: int, multiple: int) -> tuple | None:
-    """The (h, w) that a (height, width) network input also runs at under multiscale:
-    its long side brought down to `side` (the training side), each side rounded to the
-    arch's multiple; None when the long side is `side` or less."""
-    long = max(height, width)
-    if long <= side:
+    """The (h, w) that a (height, width) network input also runs at under multiscale
+    (`multiscale_size`); None when its long side is `side` or less."""
+    if max(height, width) <= side:
         return None
-    return tuple(
-        max(multiple, round(n * side / long / multiple) * multiple) for n in (height, width)
-    )
+    h, w = multiscale_size([height, width], side, multiple).numpy()
+    return int(h), int(w)
+
+
+def multiscale_size(size, side: int, multiple: int):
+    """Multiscale's second input size for an input of `size` ([h, w], ints or a tensor):
+    its long side brought down to `side` (the training side), each side rounded to the
+    arch's multiple. An int32 tensor [h, w]; `Colorizer` and the exported graphs share it."""
+    import tensorflow as tf
+
+    size = tf.cast(size, tf.float32)
+    scaled = size * (side / tf.reduce_max(size)) / multiple
+    return tf.cast(tf.maximum(1.0, tf.round(scaled)) * multiple, tf.int32)
 
 
 def shrink(x, height, width):
