@@ -236,17 +236,7 @@ def _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo) -
         )
         if init_model is not None:
             _init_from(net, init_model, data.table, shard_dir)
-        slow = []
-        if cfg.encoder_lr != 1:
-            from kcolor import encoder
-
-            layers = encoder.pretrained_layers(net)
-            if cfg.encoder_lr == 0:
-                for layer in layers:  # Keras 3: batch norm of a frozen layer runs as at inference
-                    layer.trainable = False
-            else:
-                slow = [v for layer in layers for v in layer.trainable_weights]
-        opt = _adamw(cfg, slow)
+        opt = optimizer(cfg, net)
         if precision == "fp16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
         opt.build(net.trainable_variables)
@@ -278,19 +268,30 @@ def _build(data, run_dir, out_dir, cfg, strategy, init_model, shard_dir, echo) -
     )  # fmt: skip
 
 
-def _adamw(cfg: FitConfig, slow_variables: list):
-    """AdamW; `slow_variables` (the encoder's, for `--encoder-lr`) step at `cfg.encoder_lr`
-    times the learning rate, their weight decay too.
+def optimizer(cfg: FitConfig, net):
+    """The AdamW of a run (not built). Under `--encoder-lr` below 1 the pretrained encoder's
+    variables step at `cfg.encoder_lr` times the learning rate, their weight decay too; at 0
+    its layers are frozen (`trainable = False`: Keras 3 then runs their batch norm as at
+    inference, so its statistics stay too).
 
-    Written here because Keras optimizers have no per-variable learning rate, and scaling
-    the gradients instead would change nothing: Adam's steps do not depend on the
-    gradient's scale.
+    The scaled optimizer is written here because Keras optimizers have no per-variable
+    learning rate, and scaling the gradients instead would change nothing: Adam's steps
+    do not depend on the gradient's scale.
     """
     import keras
 
     settings = dict(
         learning_rate=cfg.lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2, weight_decay=cfg.weight_decay
     )
+    slow_variables = []
+    if cfg.encoder_lr != 1:
+        from kcolor import encoder
+
+        layers = encoder.pretrained_layers(net)
+        for layer in layers:
+            if cfg.encoder_lr == 0:
+                layer.trainable = False
+            slow_variables += layer.trainable_weights
     if not slow_variables:
         return keras.optimizers.AdamW(**settings)
 
