@@ -334,7 +334,16 @@ def export_model(net: keras.Model, path: Path) -> None:
     is chosen when the file is used (`with_precision`), not when it is written."""
     from kcolor.photo import atomic_write
 
-    atomic_write(Path(path), with_precision(net, "fp32").save)
+    # layers frozen for training (`kcolor fit --encoder-lr 0`) are saved trainable: the
+    # freezing is a setting of that run, not of the file
+    frozen = [layer for layer in net.layers if not layer.trainable]
+    for layer in frozen:
+        layer.trainable = True
+    try:
+        atomic_write(Path(path), with_precision(net, "fp32").save)
+    finally:
+        for layer in frozen:
+            layer.trainable = False
 
 
 # --- precision ------------------------------------------------------------------------

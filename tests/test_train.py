@@ -388,6 +388,8 @@ def test_encoder_lr_slows_or_freezes_the_pretrained_encoder(shard_dir, tmp_path,
     assert moved(runs[encoder_lr], False) == pytest.approx(1e-2, rel=0.05)
     if encoder_lr == 0:
         assert moved(runs[0.0], True, ("kernel", "gamma", "beta", "moving_mean")) == 0.0
+        saved = model.load_model(tmp_path / "run0.0" / "model.keras")
+        assert all(layer.trainable for layer in saved.layers)  # frozen for the run only
     else:
         assert moved(runs[encoder_lr], True) == pytest.approx(encoder_lr * 1e-2, rel=0.05)
     with pytest.raises(ValueError, match="encoder_lr: eccv16 has no pretrained encoder"):
