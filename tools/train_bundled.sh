@@ -8,7 +8,8 @@
 # shard folder. Network: effnet_lite0 (the ImageNet-pretrained EfficientNet-Lite0 encoder
 # that ships in kcolor, a U-Net decoder at width 0.5). Resumable: rerun after an
 # interruption and prep skips finished shards, fit resumes from its last checkpoint.
-# About 2 h 10 min on 2 CPU cores (fp32: bf16 is slower for this network on a CPU).
+# About 2 h 40 min on 2 CPU cores, 2 h for the whole network and 40 min for the decoder
+# alone (fp32: bf16 is slower for this network on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-work}
