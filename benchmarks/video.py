@@ -317,15 +317,7 @@ def main() -> None:
                 f"frames/s ({summary.frames} frames, {os.cpu_count()} cores)"
             )
         if col.multiscale:  # its cost: the same clip, the same network, one side only
-            plain = infer.Colorizer(
-                col.net,
-                col.side,
-                col.decode,
-                col.temperature,
-                col.rebalance_strength,
-                flip=col.flip,
-                multiscale=False,
-            )
+            plain = infer.Colorizer(col.net, multiscale=False)  # else as the model records
             seconds = {"multiscale": [], "one side": []}
             for _ in range(3):  # alternated, medians: the machine's speed drifts
                 for name, c in (("one side", plain), ("multiscale", col)):
