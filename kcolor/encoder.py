@@ -97,23 +97,28 @@ def build_classifier() -> keras.Model:
     return keras.Model(inputs, logits, name="efficientnet_lite0")
 
 
+def _stored_layers(path: Path) -> dict[str, list[np.ndarray]]:
+    """The converted checkpoint by layer name: each layer's arrays in its weights' order
+    (keys "<layer>/<index>")."""
+    with np.load(path) as data:
+        stored = {}
+        for key in sorted(data.files, key=lambda k: int(k.rsplit("/", 1)[1])):
+            stored.setdefault(key.rsplit("/", 1)[0], []).append(data[key])
+    return stored
+
+
 def load_imagenet_weights(net: keras.Model, path: Path = WEIGHTS_PATH) -> int:
     """Set the weights of `net`'s layers that the converted checkpoint holds (matched by
     layer name, so a colorizer built on `backbone` takes the encoder's share).
 
     Returns the number of layers set; raises ValueError on a shape mismatch.
     """
-    with np.load(path) as data:
-        stored = {k: data[k] for k in data.files}
+    stored = _stored_layers(path)
     done = 0
     for layer in net.layers:
-        keys = sorted(
-            (k for k in stored if k.rsplit("/", 1)[0] == layer.name),
-            key=lambda k: int(k.rsplit("/", 1)[1]),
-        )
-        if not keys:
+        values = stored.get(layer.name)
+        if values is None:
             continue
-        values = [stored[k] for k in keys]
         shapes = [tuple(w.shape) for w in layer.weights]
         if shapes != [v.shape for v in values]:
             raise ValueError(
@@ -127,9 +132,8 @@ def load_imagenet_weights(net: keras.Model, path: Path = WEIGHTS_PATH) -> int:
 
 def pretrained_layers(net: keras.Model, path: Path = WEIGHTS_PATH) -> list:
     """`net`'s layers that `load_imagenet_weights` sets: a colorizer's encoder."""
-    with np.load(path) as data:
-        names = {k.rsplit("/", 1)[0] for k in data.files}
-    return [layer for layer in net.layers if layer.name in names]
+    stored = _stored_layers(path)
+    return [layer for layer in net.layers if layer.name in stored]
 
 
 def block_name(index: int) -> str:
