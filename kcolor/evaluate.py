@@ -85,7 +85,10 @@ def evaluate(
         pooled pixels of all photos (Zhang et al.'s Table 1 figures) and, for 2+ photos,
         "interval": {"auc": (low, high), "auc_rebalanced": (low, high), "level": 0.95,
         "unit": "photo"}, a bootstrap interval of model - gray resampling the photos
-        (`metrics.pooled_auc_interval`).
+        (`metrics.pooled_auc_interval`), and "heaviest": {"image", "share",
+        "auc_rebalanced_lead_without"}, the photo that carries the largest share of the
+        pooled AuC-rb's pixel weight and that AuC's model - gray without it. Each record
+        has its "rebalanced_weight_share" (a fraction).
     """
     scored, skipped = [], []
 
@@ -161,7 +164,21 @@ def _rebalanced_aucs(scored: list[dict], colorizer) -> tuple[dict, str]:
         }
         for k, h in pooled.items()
     }
+    # each photo's share of the pooled AuC-rb's weight (the same truth for model and gray):
+    # a few photos full of rare colors can carry most of it, so the report names the
+    # heaviest and gives the pooled lead without it
+    mass = per_photo["gray", 1].sum(1)
+    for item, m in zip(scored, mass, strict=True):
+        item["record"]["rebalanced_weight_share"] = float(m / mass.sum()) if mass.sum() else None
     if len(scored) >= 2:
+        top = int(np.argmax(mass))
+        rest = {k: per_photo[k, 1].sum(0) - per_photo[k, 1][top] for k in pooled}
+        all_pixels["heaviest"] = {
+            "image": scored[top]["record"]["image"],
+            "share": float(mass[top] / mass.sum()),
+            "auc_rebalanced_lead_without": metrics.auc_from_histogram(rest["model"][None])
+            - metrics.auc_from_histogram(rest["gray"][None]),
+        }
         all_pixels["interval"] = {"level": INTERVAL_LEVEL, "unit": "photo"} | {
             name: metrics.pooled_auc_interval(
                 per_photo["model", w], per_photo["gray", w], INTERVAL_LEVEL
@@ -267,5 +284,12 @@ def format_table(report: dict) -> str:
                 f"all pixels, model - gray: {', '.join(lead)}: {100 * iv['level']:g}% bootstrap "
                 f"intervals over the {report['count']} photos (too narrow if some are crops "
                 "of one photo)"
+            )
+        top = pooled.get("heaviest") if pooled else None
+        if top:
+            lines.append(
+                f"heaviest photo in AuC-rb: {top['image']} carries {100 * top['share']:.0f}% of "
+                f"the pooled weight; without it, model - gray AuC-rb "
+                f"{top['auc_rebalanced_lead_without']:+.2f}"
             )
     return "\n".join(lines)

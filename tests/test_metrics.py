@@ -2,6 +2,7 @@
 
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,7 +171,7 @@ def test_evaluate_interval_is_the_pooled_aucs_over_resampled_photos():
     width = metrics.AUC_MAX_THRESHOLD + 2
     dense = {"model": [], "gray": []}
     scored = []
-    for _ in range(6):  # photos: sparse histograms by (true bin, error), gray's errors larger
+    for i in range(6):  # photos: sparse histograms by (true bin, error), gray's errors larger
         hist = {}
         for k, shift in (("model", 0), ("gray", 20)):
             h = np.zeros((table.size, width), np.int64)
@@ -178,7 +179,7 @@ def test_evaluate_interval_is_the_pooled_aucs_over_resampled_photos():
             np.add.at(h, cells, rng.integers(1, 20, 50))
             dense[k].append(h)
             hist[k] = (np.flatnonzero(h), h.reshape(-1)[np.flatnonzero(h)])
-        scored.append({"record": {"model": {}, "gray": {}}, "hist": hist})
+        scored.append({"record": {"image": f"p{i}.png", "model": {}, "gray": {}}, "hist": hist})
     colorizer = types.SimpleNamespace(table=table, info={"prior": prior})
     interval = evaluate._rebalanced_aucs(scored, colorizer)[0]["interval"]
     # by hand: the same resamples (seed 0) pooled as histograms, scored by auc_from_histogram
@@ -229,6 +230,18 @@ def test_evaluate_pools_all_pixels_and_uses_the_model_prior(tmp_path):
         lead = report["all_pixels"]["model"][k] - pooled[k]
         assert iv[k][0] <= lead <= iv[k][1]
     assert "95% bootstrap intervals over the 2 photos" in evaluate.format_table(report)
+    # the red photo carries most of the rebalanced weight; without it, the gray one's lead
+    mass = {"a_gray.png": 237 * w[gray_bin] + 3 * w[red_bin], "b_red.png": 100 * w[red_bin]}
+    for r in report["images"]:
+        share = mass[Path(r["image"]).name] / sum(mass.values())
+        assert r["rebalanced_weight_share"] == pytest.approx(share, rel=1e-6)
+    top = report["all_pixels"]["heaviest"]
+    assert Path(top["image"]).name == "b_red.png" and top["share"] > 0.5
+    first = report["images"][0]
+    assert top["auc_rebalanced_lead_without"] == pytest.approx(
+        first["model"]["auc_rebalanced"] - first["gray"]["auc_rebalanced"]
+    )
+    assert "heaviest photo in AuC-rb: " in evaluate.format_table(report)
     row = next(
         ln for ln in evaluate.format_table(report).splitlines() if ln.startswith("all pixels")
     )
