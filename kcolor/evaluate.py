@@ -168,14 +168,15 @@ def _rebalanced_aucs(scored: list[dict], colorizer) -> tuple[dict, str]:
     # a few photos full of rare colors can carry most of it, so the report names the
     # heaviest and gives the pooled lead without it
     mass = per_photo["gray", 1].sum(1)
-    for item, m in zip(scored, mass, strict=True):
-        item["record"]["rebalanced_weight_share"] = float(m / mass.sum()) if mass.sum() else None
+    share = mass / mass.sum() if scored else mass  # every scored photo has pixels
+    for item, f in zip(scored, share, strict=True):
+        item["record"]["rebalanced_weight_share"] = float(f)
     if len(scored) >= 2:
         top = int(np.argmax(mass))
         rest = {k: per_photo[k, 1].sum(0) - per_photo[k, 1][top] for k in pooled}
         all_pixels["heaviest"] = {
             "image": scored[top]["record"]["image"],
-            "share": float(mass[top] / mass.sum()),
+            "share": float(share[top]),
             "auc_rebalanced_lead_without": metrics.auc_from_histogram(rest["model"][None])
             - metrics.auc_from_histogram(rest["gray"][None]),
         }

@@ -8,8 +8,8 @@
 # shard folder. Network: effnet_lite0 (the ImageNet-pretrained EfficientNet-Lite0 encoder
 # that ships in kcolor, a U-Net decoder at width 0.5). Resumable: rerun after an
 # interruption and prep skips finished shards, fit resumes from its last checkpoint.
-# About 3 h 10 min on 2 free CPU cores (estimated: 2 h for the whole network, then 40 and 30 min for
-# the decoder alone; fp32: bf16 is slower for this network on a CPU).
+# About 3 h 10 min on 2 free CPU cores (estimated: 2 h for the whole network, then 40 and
+# 30 min for the decoder alone; fp32: bf16 is slower for this network on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-work}
