@@ -270,8 +270,16 @@ def colorize(inputs, out, recursive, fmt, compare, temporal_smoothing, batch_siz
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the report (per photo, mean, all pixels) to this JSON file.",
 )
+@click.option(
+    "--groups",
+    "groups_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV of photo,group rows (e.g. each crop's source photo): the bootstrap interval "
+    "resamples the groups, not the photos. A row's photo matches the end of a photo's path "
+    "(the longest match wins); photos not listed are groups of their own.",
+)
 @_network_options
-def evaluate(truth, recursive, limit, json_path, batch_size, **network):
+def evaluate(truth, recursive, limit, json_path, groups_path, batch_size, **network):
     """Score the model on color photos TRUTH (files and folders) against gray.
 
     Each photo loses its color and is colorized as `kcolor colorize` would, at its
@@ -280,7 +288,8 @@ def evaluate(truth, recursive, limit, json_path, batch_size, **network):
     0..150) raw and class-rebalanced, PSNR, SSIM, colorfulness and its distance to
     the truth's, and top-1 bin accuracy at the network's output resolution. The "all
     pixels" row gives both AuCs over the pooled pixels of all photos, as Zhang et al.
-    report them, and their lead over gray a 95% bootstrap interval over the photos.
+    report them, and their lead over gray a 95% bootstrap interval over the photos
+    (or over their --groups).
     """
     import sys
 
@@ -291,6 +300,12 @@ def evaluate(truth, recursive, limit, json_path, batch_size, **network):
     paths = [path for path, _ in infer.find_images(truth, recursive, skip=outputs)][:limit]
     if not paths:
         raise _no_images(truth, recursive)
+    groups = None
+    if groups_path:
+        try:
+            groups = evaluation.read_groups(groups_path, paths)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
     colorizer = _load_colorizer(**network)
     problems = []
     with click.progressbar(length=len(paths), label="Evaluating", file=sys.stderr) as bar:
@@ -300,7 +315,7 @@ def evaluate(truth, recursive, limit, json_path, batch_size, **network):
             if problem:
                 problems.append(f"{path}: {problem}")
 
-        report = evaluation.evaluate(paths, colorizer, batch_size, on_image=on_image)
+        report = evaluation.evaluate(paths, colorizer, batch_size, on_image=on_image, groups=groups)
     report["model"] = str(colorizer.source)
     problems += [f"{s['image']}: {s['reason']}" for s in report["skipped"]]
     for line in problems:

@@ -15,6 +15,7 @@ score against: they are skipped and listed, not averaged in.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -69,6 +70,7 @@ def evaluate(
     batch_size: int = 8,
     workers: int | None = None,
     on_image: Callable[[Path, str | None], None] | None = None,
+    groups: dict[str, str] | None = None,
 ) -> dict:
     """Colorize the truth photos from their lightness and score them beside gray.
 
@@ -76,6 +78,9 @@ def evaluate(
         paths: truth photo files (color).
         colorizer: a `kcolor.infer.Colorizer`.
         on_image: called with (path, None or the one-line problem) after each photo.
+        groups: str(path) -> group (`read_groups`): the bootstrap interval resamples the
+            groups (e.g. the source photo of several crops), not the photos; a photo
+            not listed is a group of its own.
     Returns:
         report: {"images": [per-photo record], "mean": {...}, "all_pixels": {...},
         "failed": [...], "skipped": [...], "prior": "model" or "truth", ...}; each record,
@@ -84,7 +89,8 @@ def evaluate(
         "all_pixels" has "model" and "gray" dicts of "auc" and "auc_rebalanced" over the
         pooled pixels of all photos (Zhang et al.'s Table 1 figures) and, for 2+ photos,
         "interval": {"auc": (low, high), "auc_rebalanced": (low, high), "level": 0.95,
-        "unit": "photo"}, a bootstrap interval of model - gray resampling the photos
+        "unit": "photo" or "group", "count": how many were resampled}, a bootstrap
+        interval of model - gray resampling the photos or their groups
         (`metrics.pooled_auc_interval`), and "heaviest": {"image", "share",
         "auc_rebalanced_lead_without"}, the photo that carries the largest share of the
         pooled AuC-rb's pixel weight and that AuC's model - gray without it. Each record
@@ -109,7 +115,7 @@ def evaluate(
     order = {str(p): i for i, p in enumerate(paths)}
     scored.sort(key=lambda s: order[s["record"]["image"]])
     records = [s["record"] for s in scored]
-    all_pixels, source = _rebalanced_aucs(scored, colorizer)
+    all_pixels, source = _rebalanced_aucs(scored, colorizer, groups)
     mean = {k: {m: _nanmean(r[k][m] for r in records) for m in METRICS} for k in ("model", "gray")}
     mean["truth_colorfulness"] = _nanmean(r["truth_colorfulness"] for r in records)
     return {
@@ -130,11 +136,14 @@ def evaluate(
     }
 
 
-def _rebalanced_aucs(scored: list[dict], colorizer) -> tuple[dict, str]:
+def _rebalanced_aucs(
+    scored: list[dict], colorizer, groups: dict[str, str] | None = None
+) -> tuple[dict, str]:
     """Fill each record's rebalanced AuCs; the pooled ("all pixels") AuCs; the prior used.
 
     Pixels weigh 1 / the smoothed prior of their true bin (Zhang et al.); the prior is
     the model's training prior, or these photos' bin frequencies when it records none.
+    The bootstrap interval resamples `groups` of photos (str(path) -> group) where given.
     """
     table = colorizer.table
     width = AUC_MAX_THRESHOLD + 2
@@ -180,13 +189,59 @@ def _rebalanced_aucs(scored: list[dict], colorizer) -> tuple[dict, str]:
             "auc_rebalanced_lead_without": metrics.auc_from_histogram(rest["model"][None])
             - metrics.auc_from_histogram(rest["gray"][None]),
         }
-        all_pixels["interval"] = {"level": INTERVAL_LEVEL, "unit": "photo"} | {
-            name: metrics.pooled_auc_interval(
-                per_photo["model", w], per_photo["gray", w], INTERVAL_LEVEL
-            )
+        # photos of one group (crops of one source photo) are not independent: the
+        # bootstrap resamples the groups, each the sum of its photos' counts
+        names = [s["record"]["image"] for s in scored]
+        labels = [groups.get(name, name) if groups else name for name in names]
+        _, unit = np.unique(labels, return_inverse=True)
+        summed = {}
+        for key, rows in per_photo.items():
+            summed[key] = np.zeros((unit.max() + 1, width))
+            np.add.at(summed[key], unit, rows)
+        grouped = len(summed["gray", 0]) < len(scored)
+        all_pixels["interval"] = {
+            "level": INTERVAL_LEVEL,
+            "unit": "group" if grouped else "photo",
+            "count": len(summed["gray", 0]),
+        } | {
+            name: metrics.pooled_auc_interval(summed["model", w], summed["gray", w], INTERVAL_LEVEL)
             for name, w in (("auc", 0), ("auc_rebalanced", 1))
         }
     return all_pixels, source
+
+
+def read_groups(path: str | os.PathLike, photos: list[Path]) -> dict[str, str]:
+    """The group of each of `photos` from a CSV file of `photo,group` rows.
+
+    A row's photo is a path that matches the trailing components of a photo's path
+    (`val/00000001.jpg` matches `.../images/val/00000001.jpg`; the longest match wins);
+    other columns, and rows that match none of the photos (a header, photos not being
+    evaluated), are ignored. Returns str(photo) -> group for the photos listed.
+    Raises ValueError naming the file and the problem.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        why = getattr(e, "strerror", None) or e
+        raise ValueError(f"{path}: cannot read the groups ({why})") from None
+    table = {}
+    for line, row in enumerate(rows, 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise ValueError(f"{path}: line {line}: expected photo,group")
+        table[Path(row[0].strip()).parts] = row[1].strip()
+    found = {}
+    for p in photos:
+        parts = Path(p).parts
+        for start in range(len(parts)):  # the longest trailing match first
+            if parts[start:] in table:
+                found[str(p)] = table[parts[start:]]
+                break
+    if photos and not found:
+        raise ValueError(f"{path}: names none of the {len(photos)} photos evaluated")
+    return found
 
 
 def _clean(x):
@@ -281,10 +336,15 @@ def format_table(report: dict) -> str:
                 f"({iv[k][0]:+.2f} to {iv[k][1]:+.2f})"
                 for k, title in (("auc", "AuC"), ("auc_rebalanced", "AuC-rb"))
             ]
+            over = (
+                f"over {iv['count']} groups of the {report['count']} photos"
+                if iv.get("unit") == "group"
+                else f"over the {report['count']} photos (too narrow if some are crops of one "
+                "photo: see --groups)"
+            )
             lines.append(
                 f"all pixels, model - gray: {', '.join(lead)}: {100 * iv['level']:g}% bootstrap "
-                f"intervals over the {report['count']} photos (too narrow if some are crops "
-                "of one photo)"
+                f"intervals {over}"
             )
         top = pooled.get("heaviest") if pooled else None
         if top:

@@ -73,12 +73,13 @@ def pooled_auc_interval(
 
     Args:
         model, gray: (N, T + 2) per photo: its (weighted) pixel counts by error, the
-            column sums of its `error_histogram` (times the bin weights for AuC-rb).
+            column sums of its `error_histogram` (times the bin weights for AuC-rb). A
+            row may also be a group of photos (their sums): the rows are resampled.
         level: the central fraction of the resampled differences the interval holds.
     Returns:
-        (low, high) in AuC points. Photos are the unit: it assumes they are independent,
-        so for several crops of one photo it is too narrow. Seeded: the same photos give
-        the same interval.
+        (low, high) in AuC points. It assumes the rows are independent, so for several
+        crops of one photo in rows of their own it is too narrow: sum them into one row.
+        Seeded: the same rows give the same interval.
     """
     n = len(model)
     picks = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws)

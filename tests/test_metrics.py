@@ -193,6 +193,39 @@ def test_evaluate_interval_is_the_pooled_aucs_over_resampled_photos():
         ]
         assert interval[name] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
     assert interval["auc"][0] > 0  # the model's errors are 20 smaller on every photo
+    assert interval["unit"] == "photo" and interval["count"] == 6
+    # grouped: photos 0-2 are crops of one source, 3-5 of another; the groups' summed
+    # counts are what is resampled
+    groups = {f"p{i}.png": "first" if i < 3 else "second" for i in range(6)}
+    grouped = evaluate._rebalanced_aucs(scored, colorizer, groups)[0]["interval"]
+    assert grouped["unit"] == "group" and grouped["count"] == 2
+    picks = np.random.default_rng(0).multinomial(2, [0.5, 0.5], size=1000)
+    summed = {k: [sum(v[:3]), sum(v[3:])] for k, v in dense.items()}
+    diffs = [
+        metrics.auc_from_histogram(np.tensordot(row, summed["model"], 1))
+        - metrics.auc_from_histogram(np.tensordot(row, summed["gray"], 1))
+        for row in picks
+    ]
+    assert grouped["auc"] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
+
+
+def test_read_groups_matches_path_endings(tmp_path):
+    photos = [Path("/data/images/val/00000001.jpg"), Path("/data/images/val/00000002.jpg")]
+    photos.append(Path("/data/other/00000001.jpg"))
+    csv = tmp_path / "crops.csv"
+    csv.write_text(
+        "path,source_id,short_side\n"  # a header matches no photo: ignored
+        "val/00000001.jpg,lake,300\nimages/val/00000002.jpg,lake,200\n"
+        "train/a/00000009.jpg,cat,128\n00000001.jpg,loose\n\n"
+    )
+    got = evaluate.read_groups(csv, photos)
+    assert got == {str(photos[0]): "lake", str(photos[1]): "lake", str(photos[2]): "loose"}
+    csv.write_text("val/00000001.jpg,lake\nval/00000002.jpg\n")
+    with pytest.raises(ValueError, match=r"crops.csv: line 2: expected photo,group"):
+        evaluate.read_groups(csv, photos)
+    csv.write_text("train/x.jpg,lake\n")
+    with pytest.raises(ValueError, match=r"crops.csv: names none of the 3 photos"):
+        evaluate.read_groups(csv, photos)
 
 
 def test_evaluate_pools_all_pixels_and_uses_the_model_prior(tmp_path):
@@ -267,6 +300,17 @@ def test_evaluate_command(model_path, tmp_path):
     result = CliRunner().invoke(cli.main, [*args, "--limit", "1", "--flip", "--multiscale"])
     assert result.exit_code == 0 and "mean of 1" in result.output
     assert "flip (averaged with the mirror image), multiscale (averaged" in result.output
+    groups = tmp_path / "groups.csv"
+    groups.write_text("a.png,one\nb.jpg,one\n")  # c.png: a group of its own
+    result = CliRunner().invoke(cli.main, [*args, "--groups", str(groups)])
+    assert result.exit_code == 0, result.output
+    assert "bootstrap intervals over 2 groups of the 3 photos" in result.output
+    groups.write_text("a.png\n")
+    result = CliRunner().invoke(cli.main, [*args, "--groups", str(groups)])
+    assert result.exit_code == 1
+    assert (
+        result.output.strip().splitlines()[-1].endswith("groups.csv: line 1: expected photo,group")
+    )
     (tmp_path / "z.png").write_bytes(b"")
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 1 and "z.png: not an image" in result.output
