@@ -252,7 +252,10 @@ def main() -> None:
             ),
             "moving": write_clip(tmp / "moving.mp4", moving_frames(rng)),
         }
-        print(f"\nlightness-histogram change (CUT_DISTANCE {video.CUT_DISTANCE}):")
+        print(
+            f"\nlightness-histogram change (a cut: above CUT_DISTANCE {video.CUT_DISTANCE} and a "
+            f"layout change above {video.CUT_LAYOUT}; benchmarks/cuts.py measures both):"
+        )
         for what, values in histogram_changes(col, clips, cut_at).items():
             print(
                 f"  {what:>9}: min {min(values):.3f}  median {np.median(values):.3f}  "

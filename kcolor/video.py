@@ -13,8 +13,9 @@ changes in L (noise, compression, a slow pan) tip the predicted distribution bet
 hues. So the per-pixel distribution over ab bins, the one the decoding averages, is
 smoothed across frames before decoding (an exponential moving average), except
 
-- at scene cuts, found where the lightness histogram (relative to the mean lightness)
-  changes by more than CUT_DISTANCE, where it starts afresh, and
+- at scene cuts, where it starts afresh: found where both the lightness histogram
+  (relative to the mean lightness) changes by more than CUT_DISTANCE and the frame's
+  coarse layout of light and dark (`layout`) by more than CUT_LAYOUT, and
 - where a pixel's lightness changed by MOTION_L or more since the previous frame (a
   moving object), whose new colors then replace the old rather than smear.
 
@@ -41,9 +42,13 @@ from kcolor.photo import compose, photo_from_image
 
 # measured in benchmarks/video.py (figures in docs/video.md):
 SMOOTHING = 0.6  # default weight of the past in the moving average
-CUT_DISTANCE = 0.2  # histogram change (total variation, 0..1) that starts a new shot
+# a new shot starts where both change: the histogram (total variation, 0..1) and the layout
+# (mean |change| of `layout`): an exposure jump moves the first, a fast pan the second
+CUT_DISTANCE = 0.05
+CUT_LAYOUT = 0.08
 HISTOGRAM_BINS = 32  # bins of L / mean L over [0, HISTOGRAM_MAX]
 HISTOGRAM_MAX = 3.0
+LAYOUT_SIDE = 8  # blocks a side of `layout`
 MOTION_L = 4.0  # change of a pixel's L (at the network's output scale) that stops smoothing
 SHORT_SLACK_S = 0.5  # a video whose header claims this much more is reported as cut short
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
@@ -294,21 +299,52 @@ def cut_distance(h0: np.ndarray, h1: np.ndarray) -> float:
     return 0.5 * float(np.abs(h1 - h0).sum())
 
 
+def layout(L: np.ndarray) -> np.ndarray:
+    """(H, W) lightness -> (LAYOUT_SIDE, LAYOUT_SIDE) means of its blocks relative to the
+    frame's mean: where the light and the dark are, blind to a gain (exposure flicker)
+    and to noise. Compared with `layout_distance`."""
+    rows, cols = (np.arange(min(LAYOUT_SIDE, n)) * n // min(LAYOUT_SIDE, n) for n in L.shape)
+    sums = np.add.reduceat(np.add.reduceat(L.astype(np.float64), rows, 0), cols, 1)
+    sizes = np.outer(np.diff(rows, append=L.shape[0]), np.diff(cols, append=L.shape[1]))
+    means = sums / sizes
+    return means / max(float(L.mean()), 1e-3)
+
+
+def layout_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean |difference| of two `layout`s: 0 (same) .. about 1 (light and dark swapped)."""
+    return float(np.abs(a - b).mean())
+
+
 class Smoother:
     """Exponential moving average of per-pixel bin distributions over frames.
 
     out_t = k * out_{t-1} + (1 - k) * p_t with k = smoothing * max(0, 1 - |dL| / MOTION_L)
     per pixel, dL the pixel's lightness change since the previous frame (at the output
     scale); out_t = p_t at the first frame and at scene cuts (a lightness histogram
-    change above CUT_DISTANCE). smoothing 0 leaves every frame as predicted.
+    change above `cut` and a layout change above `cut_layout`). smoothing 0 leaves every
+    frame as predicted.
     """
 
-    def __init__(self, smoothing: float, motion_l: float = MOTION_L, cut: float = CUT_DISTANCE):
+    def __init__(
+        self,
+        smoothing: float,
+        motion_l: float = MOTION_L,
+        cut: float = CUT_DISTANCE,
+        cut_layout: float = CUT_LAYOUT,
+    ):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing: expected a value in [0, 1), got {smoothing}")
-        self.smoothing, self.motion_l, self.cut = float(smoothing), float(motion_l), float(cut)
+        self.smoothing, self.motion_l = float(smoothing), float(motion_l)
+        self.cut, self.cut_layout = float(cut), float(cut_layout)
         self.cuts = 0  # scene cuts seen
-        self._state = self._L = self._hist = None
+        self._state = self._L = self._hist = self._layout = None
+
+    def is_cut(self, hist: np.ndarray, lay: np.ndarray) -> bool:
+        """Whether a frame of this histogram and layout starts a new shot."""
+        return (
+            cut_distance(self._hist, hist) > self.cut
+            and layout_distance(self._layout, lay) > self.cut_layout
+        )
 
     def __call__(self, probs: np.ndarray, L: np.ndarray) -> np.ndarray:
         """Smooth a batch of consecutive frames.
@@ -322,11 +358,11 @@ class Smoother:
         out = np.empty_like(probs)
         h, w = probs.shape[1:3]
         for i, (p, l) in enumerate(zip(probs, L, strict=True)):
-            hist = histogram(l)
+            hist, lay = histogram(l), layout(l)
             small = l.reshape(h, l.shape[0] // h, w, l.shape[1] // w).mean(axis=(1, 3))
             if self._state is None:
                 self._state = p.copy()
-            elif cut_distance(self._hist, hist) > self.cut:
+            elif self.is_cut(hist, lay):
                 self.cuts += 1
                 self._state = p.copy()
             elif self.smoothing > 0:
@@ -336,7 +372,7 @@ class Smoother:
             else:
                 self._state = p
             out[i] = self._state
-            self._L, self._hist = small, hist
+            self._L, self._hist, self._layout = small, hist, lay
         return out
 
 

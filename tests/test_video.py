@@ -208,6 +208,19 @@ def test_exposure_flicker_is_not_a_cut_and_another_scene_is():
     assert cuts_found(np.concatenate([L, other, L])) == 2
 
 
+def test_a_cut_needs_a_new_histogram_and_a_new_layout():
+    L = np.stack(scene(5, 1)).astype(np.float32) / 2.55
+    np.testing.assert_allclose(video.layout(L[0] * 1.2), video.layout(L[0]), rtol=1e-6)
+    brighter = np.clip(L * 1.4, 0, 100)  # highlights clip: the histogram moves, not the layout
+    moved = video.cut_distance(video.histogram(L[0]), video.histogram(brighter[0]))
+    assert moved > video.CUT_DISTANCE and cuts_found(np.concatenate([L, brighter])) == 0
+    turned = L[:, ::-1, ::-1]  # the same histogram, light and dark elsewhere
+    assert video.layout_distance(video.layout(L[0]), video.layout(turned[0])) > video.CUT_LAYOUT
+    assert cuts_found(np.concatenate([L, turned])) == 0
+    other = np.stack(scene(6, 1, contrast=0.3)).astype(np.float32) / 2.55
+    assert cuts_found(np.concatenate([L, other, brighter])) == 2
+
+
 def test_moving_pixels_take_their_new_colors():
     # two frames: the left half's lightness jumps by MOTION_L, the right half's stays
     L = np.full((2, 32, 32), 50.0, np.float32)
