@@ -81,6 +81,11 @@ class FitConfig:
         "Scale augmentation: crops are cut from squares of side crop/Z..crop*Z and resized "
         "to --crop; 1 = none.",
     )
+    degrade: float = _setting(
+        0.0,
+        "Share of training images whose lightness is degraded as an old print's (faded, "
+        "blurred, grainy, JPEG-compressed, each by a random amount); 0 = none.",
+    )
     precision: str = _setting(
         "auto",
         "Arithmetic: auto = bf16 where it trains faster (a GPU, or a CPU with bfloat16 "
@@ -170,6 +175,8 @@ def _validate(cfg: FitConfig) -> None:
         )
     if cfg.zoom < 1:
         raise ValueError(f"zoom: expected >= 1, got {cfg.zoom}")
+    if not 0 <= cfg.degrade <= 1:
+        raise ValueError(f"degrade: expected 0..1, got {cfg.degrade}")
     multiple = ARCH_STRIDES.get(cfg.arch, 1)
     if cfg.crop % multiple:
         raise ValueError(f"crop: expected a multiple of {multiple} for {cfg.arch}, got {cfg.crop}")

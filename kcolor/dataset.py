@@ -145,11 +145,56 @@ def count_images(paths: Sequence[Path], part: int = 0, parts: int = 1) -> int:
     return sum(hi - lo for _, _, lo, hi in _pieces(paths, part, parts))
 
 
-def _augment(seed, crop: int, flip: bool, zoom: float = 1.0):
+# --degrade: the ranges an old print's lightness is degraded in (uint8 L levels, pixels)
+FADE_CONTRAST = (0.5, 1.0)  # L -> lift + contrast * L, the lift keeping L within 0..255
+BLUR_SIGMA = (0.0, 1.5)  # px, Gaussian
+GRAIN_SIGMA = (0.0, 10.0)  # levels, Gaussian per pixel
+JPEG_QUALITY = (30, 95)
+_BLUR_RADIUS = 4
+
+
+def _blur(L, sigma):
+    """(S, S) float L blurred by a Gaussian of a tensor sigma, edges reflected.
+
+    Hand-written: tf.image has no Gaussian blur, and keras.layers.RandomGaussianBlur draws
+    its sigma from a stateful seed generator, while every augmentation here must be a pure
+    function of (seed, image index) so that a resumed run replays the same batches."""
+    x = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)
+    k = tf.exp(-(x**2) / (2 * tf.maximum(sigma, 1e-3) ** 2))
+    k = k / tf.reduce_sum(k)
+    r = _BLUR_RADIUS
+    img = tf.pad(L[None, :, :, None], [[0, 0], [r, r], [r, r], [0, 0]], "REFLECT")
+    img = tf.nn.conv2d(img, tf.reshape(k, [-1, 1, 1, 1]), 1, "VALID")
+    img = tf.nn.conv2d(img, tf.reshape(k, [1, -1, 1, 1]), 1, "VALID")
+    return img[0, :, :, 0]
+
+
+def _degrade(L, s):
+    """uint8 (S, S) L as an old print's: faded, blurred, grainy, JPEG-compressed, each
+    by a random amount within the ranges above (seeded by the int64 pair s)."""
+
+    def u(i, lo, hi):
+        return tf.random.stateless_uniform([], s + 10 + i, lo, hi)
+
+    contrast = u(0, *FADE_CONTRAST)
+    lift = u(1, 0.0, 1.0) * 255.0 * (1.0 - contrast)
+    x = lift + contrast * tf.cast(L, tf.float32)
+    x = _blur(x, u(2, *BLUR_SIGMA))
+    x = x + u(3, *GRAIN_SIGMA) * tf.random.stateless_normal(tf.shape(x), s + 14)
+    x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+    quality = tf.random.stateless_uniform(
+        [], s + 15, JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, tf.int32
+    )
+    return tf.image.adjust_jpeg_quality(x[..., None], quality)[..., 0]
+
+
+def _augment(seed, crop: int, flip: bool, zoom: float = 1.0, degrade: float = 0.0):
     """Random crop to `crop` and horizontal flip of one image, stateless-seeded.
 
     With zoom > 1 the crop is cut from a random square of side in [crop / zoom,
     crop * zoom] (within the image) and resized to `crop`: L bilinear, bins nearest.
+    With degrade > 0 that share of the images has its L degraded as an old print's
+    (`_degrade`); the bins, the true colours, stay as they are.
     """
 
     @tf.autograph.experimental.do_not_convert  # tf.cond already: nothing to convert
@@ -180,6 +225,9 @@ def _augment(seed, crop: int, flip: bool, zoom: float = 1.0):
             do = tf.random.stateless_uniform([], s + 2) < 0.5
             L = tf.cond(do, lambda: tf.reverse(L, [1]), lambda: L)
             bins = tf.cond(do, lambda: tf.reverse(bins, [1]), lambda: bins)
+        if degrade:
+            do = tf.random.stateless_uniform([], s + 4) < degrade
+            L = tf.cond(do, lambda: _degrade(L, s), lambda: L)
         return L, bins
 
     return fn
@@ -211,6 +259,7 @@ def train_dataset(
     skip_batches: int = 0,
     full_bins: bool = False,
     zoom: float = 1.0,
+    degrade: float = 0.0,
 ) -> tf.data.Dataset:
     """One epoch of shuffled, augmented training batches (the last partial batch dropped).
 
@@ -222,6 +271,7 @@ def train_dataset(
         part, parts: this input pipeline's share in multi-worker training.
         skip_batches: batches of this epoch already trained (resume).
         zoom: scale augmentation of the crops (see `_augment`); 1 = none.
+        degrade: the share of images whose L is degraded as an old print's (`_degrade`).
         full_bins: yield the bins at full resolution (for soft targets) instead of at
             the logits' resolution.
     """
@@ -239,7 +289,9 @@ def train_dataset(
     ds = ds.shuffle(SHUFFLE_BUFFER, seed=int(rng.integers(2**31)))
     aug_seed = int(rng.integers(2**31))
     ds = ds.enumerate().map(
-        _augment(aug_seed, crop if crop and crop < size else 0, flip=True, zoom=zoom),
+        _augment(
+            aug_seed, crop if crop and crop < size else 0, flip=True, zoom=zoom, degrade=degrade
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

@@ -388,6 +388,7 @@ def _train_epoch_part(run: _Run, data: _Data, strategy, board, started: float) -
             skip_batches=skip * (replicas // ctx.num_input_pipelines),
             full_bins=cfg.targets == "soft",
             zoom=cfg.zoom,
+            degrade=cfg.degrade,
         )
 
     bar = keras.utils.Progbar(

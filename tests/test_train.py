@@ -160,6 +160,35 @@ def test_zoom_resizes_crops_and_keeps_the_bins_of_the_image(shard_dir):
     assert n0 + n1 == dataset.count_images(paths)
 
 
+def test_degrade_changes_the_lightness_of_that_share_of_images_and_never_the_colours(shard_dir):
+    paths = shards.list_shards(shard_dir, "train")
+    plain = list(dataset.train_dataset(paths, 4, epoch=0, crop=16))
+    for share, lo, hi in ((1.0, 16, 16), (0.5, 3, 13)):
+        runs = [
+            list(dataset.train_dataset(paths, 4, epoch=0, crop=16, degrade=share)) for _ in "ab"
+        ]
+        changed = 0
+        for (L, bins), (L2, _), (L0, bins0) in zip(*runs, plain, strict=True):
+            np.testing.assert_array_equal(L, L2)  # seeded: the same degradation every time
+            np.testing.assert_array_equal(bins, bins0)  # the true colours stay
+            assert 0 <= float(L.numpy().min()) and float(L.numpy().max()) <= 100
+            changed += int(np.sum(np.any(L.numpy() != L0.numpy(), axis=(1, 2, 3))))
+        assert lo <= changed <= hi, (share, changed)  # of the 16 train images
+    with pytest.raises(ValueError, match="degrade: expected 0..1"):
+        train.resolve_config(Path("/nonexistent/run"), None, {"degrade": 1.5})
+
+
+def test_the_degradations_blur_is_a_gaussian():
+    from scipy import ndimage
+
+    L = np.random.default_rng(0).uniform(0, 255, (24, 24)).astype(np.float32)
+    for sigma in (0.5, 1.0, 1.5):
+        ours = dataset._blur(tf.constant(L), tf.constant(sigma)).numpy()
+        # tf's REFLECT padding is scipy's "mirror"; radius 4 px
+        ref = ndimage.gaussian_filter(L, sigma, mode="mirror", truncate=4 / sigma)
+        np.testing.assert_allclose(ours, ref, atol=1e-3)
+
+
 def test_pipelines_read_exactly_the_shards(shard_dir):
     paths = shards.list_shards(shard_dir, "train")
     L, bins = dataset.load_arrays(paths, 10**6)  # h5py reads, the reference

@@ -1,0 +1,93 @@
+"""Copies of colour photos whose lightness is degraded as an old print's, for `kcolor evaluate`.
+
+    python tools/old_photo_copies.py work/old                 # the val tuning half (below)
+    python tools/old_photo_copies.py work/old photos/ more.jpg
+    kcolor evaluate work/old/old --json old.json               # and clean/, fade/, blur/, grain/
+
+Each photo's L (CIE Lab, 0..100) is degraded by a fixed amount and its ab kept, so the
+AuCs still score the photo's true colours: fade L -> 20 + 0.6 L; blur a Gaussian of sigma
+1 px; grain Gaussian noise of sigma 5/255 of the range; old all three, then JPEG quality 75
+of the L; clean the photo as it is (through the same Lab round trip). Written as PNG, so no
+second JPEG touches the ab. Changing L with ab kept pushes a few pixels out of the sRGB
+gamut, where clipping changes their ab: compare each copy's lead over gray, which
+`kcolor evaluate` reports beside it, not raw AuCs across copies.
+
+With no photos given: the val tuning half of the model card ("Choosing the decoding"):
+photos-train's val crops whose source photo is at an even position of the sorted source
+ids, and Miniplaces' val photos at even positions of the sorted names, from ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage import color, filters
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+GRAIN = 5 * 100 / 255  # 5 of 255 levels, in L units
+
+
+def val_tuning_half(shared: Path = SHARED) -> list[Path]:
+    pt = shared / "photos-train"
+    with open(pt / "crops.csv", newline="") as f:
+        source = {r["path"]: r["source_id"] for r in csv.DictReader(f)}
+    listed = [line.split()[0] for line in (pt / "val.txt").read_text().splitlines() if line.strip()]
+    keep = set(sorted({source[p] for p in listed})[0::2])
+    miniplaces = sorted((shared / "miniplaces" / "images" / "val").glob("*.jpg"))[0::2]
+    return [pt / "images" / p for p in listed if source[p] in keep] + miniplaces
+
+
+def _jpeg(L: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(L * 2.55, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf), np.float64) / 2.55
+
+
+def _blur(L: np.ndarray) -> np.ndarray:
+    return filters.gaussian(L, sigma=1.0, preserve_range=True)
+
+
+def degraders(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "clean": lambda L: L,
+        "fade": lambda L: 20 + 0.6 * L,
+        "blur": _blur,
+        "grain": lambda L: L + rng.normal(0, GRAIN, L.shape),
+        "old": lambda L: _jpeg(_blur(20 + 0.6 * L) + rng.normal(0, GRAIN, L.shape), 75),
+    }
+
+
+def write_copies(photos: list[Path], out: Path) -> None:
+    for kind, degrade in degraders().items():
+        folder = out / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(photos):
+            with Image.open(path) as img:
+                lab = color.rgb2lab(np.asarray(img.convert("RGB")))
+            lab[..., 0] = np.clip(degrade(lab[..., 0]), 0, 100)
+            rgb = np.clip(color.lab2rgb(lab), 0, 1)
+            # numbered: crops of the two sets share names
+            name = f"{i:05d}_{path.stem}.png"
+            Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(folder / name)
+        print(f"{folder}: {len(photos)} photos")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("photos", nargs="*", type=Path, help="photos or folders of photos")
+    args = ap.parse_args()
+    photos = []
+    for p in args.photos:
+        photos += sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p]
+    write_copies(photos or val_tuning_half(), args.out)
+
+
+if __name__ == "__main__":
+    main()
