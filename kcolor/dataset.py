@@ -179,7 +179,9 @@ def _degrade(L, s):
     contrast = u(0, *FADE_CONTRAST)
     lift = u(1, 0.0, 1.0) * 255.0 * (1.0 - contrast)
     x = lift + contrast * tf.cast(L, tf.float32)
-    x = _blur(x, u(2, *BLUR_SIGMA))
+    sigma = u(2, *BLUR_SIGMA)
+    small = tf.reduce_min(tf.shape(x)) <= _BLUR_RADIUS  # too small to pad by reflection
+    x = tf.cond(small, lambda: x, lambda: _blur(x, sigma))
     x = x + u(3, *GRAIN_SIGMA) * tf.random.stateless_normal(tf.shape(x), s + 14)
     x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
     quality = tf.random.stateless_uniform(

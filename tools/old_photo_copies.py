@@ -2,7 +2,7 @@
 
     python tools/old_photo_copies.py work/old                 # the val tuning half (below)
     python tools/old_photo_copies.py work/old photos/ more.jpg
-    kcolor evaluate work/old/old --json old.json               # and clean/, fade/, blur/, grain/
+    kcolor evaluate work/old/old --groups work/old/groups.csv  # and clean/, fade/, blur/, grain/
 
 Each photo's L (CIE Lab, 0..100) is degraded by a fixed amount and its ab kept, so the
 AuCs still score the photo's true colours: fade L -> 20 + 0.6 L; blur a Gaussian of sigma
@@ -14,7 +14,9 @@ gamut, where clipping changes their ab: compare each copy's lead over gray, whic
 
 With no photos given: the val tuning half of the model card ("Choosing the decoding"):
 photos-train's val crops whose source photo is at an even position of the sorted source
-ids, and Miniplaces' val photos at even positions of the sorted names, from ../shared/data.
+ids, and Miniplaces' val photos at even positions of the sorted names, from ../shared/data;
+OUT/groups.csv names each copy's source photo, so that the bootstrap interval resamples
+photos, not crops of one photo.
 """
 
 from __future__ import annotations
@@ -30,19 +32,24 @@ from skimage import color, filters
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 GRAIN = 5 * 100 / 255  # 5 of 255 levels, in L units
+SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
 
 
-def val_tuning_half(shared: Path = SHARED) -> list[Path]:
+def val_tuning_half(shared: Path = SHARED) -> tuple[list[Path], list[str]]:
+    """The half's photos, and each one's source photo (a Miniplaces photo is its own)."""
     pt = shared / "photos-train"
     with open(pt / "crops.csv", newline="") as f:
         source = {r["path"]: r["source_id"] for r in csv.DictReader(f)}
     listed = [line.split()[0] for line in (pt / "val.txt").read_text().splitlines() if line.strip()]
     keep = set(sorted({source[p] for p in listed})[0::2])
+    crops = [p for p in listed if source[p] in keep]
     miniplaces = sorted((shared / "miniplaces" / "images" / "val").glob("*.jpg"))[0::2]
-    return [pt / "images" / p for p in listed if source[p] in keep] + miniplaces
+    photos = [pt / "images" / p for p in crops] + miniplaces
+    return photos, [source[p] for p in crops] + [f"miniplaces/{p.name}" for p in miniplaces]
 
 
 def _jpeg(L: np.ndarray, quality: int) -> np.ndarray:
+    # truncated to 8 bits, not rounded: so it made the copies the model card scores
     buf = io.BytesIO()
     Image.fromarray(np.clip(L * 2.55, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
     return np.asarray(Image.open(buf), np.float64) / 2.55
@@ -63,7 +70,18 @@ def degraders(seed: int = 0) -> dict:
     }
 
 
-def write_copies(photos: list[Path], out: Path) -> None:
+def copy_name(i: int, path: Path) -> str:
+    return f"{i:05d}_{path.stem}.png"  # numbered: crops of the two sets share names
+
+
+def write_copies(photos: list[Path], out: Path, groups: list[str] | None = None) -> None:
+    """OUT/<kind>/ for each kind; with groups, OUT/groups.csv for `kcolor evaluate --groups`."""
+    if groups is not None:
+        rows = "".join(
+            f"{copy_name(i, p)},{g}\n" for i, (p, g) in enumerate(zip(photos, groups, strict=True))
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "groups.csv").write_text(rows)
     for kind, degrade in degraders().items():
         folder = out / kind
         folder.mkdir(parents=True, exist_ok=True)
@@ -72,9 +90,7 @@ def write_copies(photos: list[Path], out: Path) -> None:
                 lab = color.rgb2lab(np.asarray(img.convert("RGB")))
             lab[..., 0] = np.clip(degrade(lab[..., 0]), 0, 100)
             rgb = np.clip(color.lab2rgb(lab), 0, 1)
-            # numbered: crops of the two sets share names
-            name = f"{i:05d}_{path.stem}.png"
-            Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(folder / name)
+            Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(folder / copy_name(i, path))
         print(f"{folder}: {len(photos)} photos")
 
 
@@ -85,8 +101,14 @@ def main() -> None:
     args = ap.parse_args()
     photos = []
     for p in args.photos:
-        photos += sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p]
-    write_copies(photos or val_tuning_half(), args.out)
+        photos += (
+            sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES) if p.is_dir() else [p]
+        )
+    if photos:
+        write_copies(photos, args.out)
+    else:
+        half, groups = val_tuning_half()
+        write_copies(half, args.out, groups)
 
 
 if __name__ == "__main__":
