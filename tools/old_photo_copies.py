@@ -27,12 +27,13 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from skimage import color, filters
+
+from kcolor.photo import READ_SUFFIXES
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 GRAIN = 5 * 100 / 255  # 5 of 255 levels, in L units
-SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
 
 
 def val_tuning_half(shared: Path = SHARED) -> tuple[list[Path], list[str]]:
@@ -102,8 +103,16 @@ def main() -> None:
     photos = []
     for p in args.photos:
         photos += (
-            sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES) if p.is_dir() else [p]
+            sorted(q for q in p.iterdir() if q.suffix.lower() in READ_SUFFIXES)
+            if p.is_dir()
+            else [p]
         )
+    for path in photos:  # one line for a photo that cannot be read, before anything is written
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except (OSError, UnidentifiedImageError) as e:
+            raise SystemExit(f"{path}: cannot read it as a photo ({e})") from None
     if photos:
         write_copies(photos, args.out)
     else:
