@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from skimage import color, filters
 
-from kcolor.photo import READ_SUFFIXES
+from kcolor import photo
+from kcolor.infer import find_images
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 GRAIN = 5 * 100 / 255  # 5 of 255 levels, in L units
@@ -87,8 +88,8 @@ def write_copies(photos: list[Path], out: Path, groups: list[str] | None = None)
         folder = out / kind
         folder.mkdir(parents=True, exist_ok=True)
         for i, path in enumerate(photos):
-            with Image.open(path) as img:
-                lab = color.rgb2lab(np.asarray(img.convert("RGB")))
+            # as kcolor reads a photo: upright, in sRGB
+            lab = color.rgb2lab(np.asarray(photo.to_rgb8(photo.open_photo(path))))
             lab[..., 0] = np.clip(degrade(lab[..., 0]), 0, 100)
             rgb = np.clip(color.lab2rgb(lab), 0, 1)
             Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(folder / copy_name(i, path))
@@ -100,19 +101,13 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("photos", nargs="*", type=Path, help="photos or folders of photos")
     args = ap.parse_args()
-    photos = []
-    for p in args.photos:
-        photos += (
-            sorted(q for q in p.iterdir() if q.suffix.lower() in READ_SUFFIXES)
-            if p.is_dir()
-            else [p]
-        )
+    photos = [path for path, _ in find_images(args.photos)]
     for path in photos:  # one line for a photo that cannot be read, before anything is written
         try:
-            with Image.open(path) as img:
-                img.load()
+            photo.open_photo(path)
         except (OSError, UnidentifiedImageError) as e:
-            raise SystemExit(f"{path}: cannot read it as a photo ({e})") from None
+            problem = photo.describe_error(e)
+            raise SystemExit(f"{path}: cannot read it as a photo ({problem})") from None
     if photos:
         write_copies(photos, args.out)
     else:
